@@ -1,0 +1,183 @@
+"""The `longforge` console script: one subcommand per verb, each a thin call into the package.
+
+    longforge info MODEL_OR_CONFIG     layer map, parameters by kind, cache memory per sequence
+    longforge demo                     the main job on the embedded default
+    longforge import SRC --out DIR     a transformers Qwen3 / Llama directory → a longforge hybrid directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+INFO_LENGTHS = (4096, 32768, 131072, 1048576)
+
+
+def _length_label(n: int) -> str:
+    return f"{n // 1048576}M" if n % 1048576 == 0 else f"{n // 1024}K"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def info_report(config) -> dict:
+    """The numbers `longforge info` prints, as a dict (also what `--json` writes)."""
+    import torch
+
+    from .models.hybrid.memory import cache_bytes, parameter_counts
+
+    return {
+        "layer_types": list(config.layer_types),
+        "position_encoding": config.position_encoding,
+        "attn_logit_scaling": config.attn_logit_scaling,
+        "rope_layers": [i for i in range(config.num_hidden_layers) if config.layer_uses_rope(i)],
+        "parameters": parameter_counts(config),
+        "cache_bytes_bf16": {str(n): cache_bytes(config, n, torch.bfloat16) for n in INFO_LENGTHS},
+    }
+
+
+def cmd_info(args) -> int:
+    """Show a model's layer map, parameter counts by kind, and its cache memory per sequence at
+    4K / 32K / 128K / 1M tokens in bf16 — from the config alone (a built-in shape name such as
+    qwen3-8b-shape or sala-9b-shape, a config.json, or a model directory)."""
+    from rich.table import Table
+
+    from .models import load_config
+    from .models.hybrid.memory import format_bytes, format_count
+
+    config = load_config(args.model)
+    report = info_report(config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    console = _console()
+    letters = {"full_attention": "F", "sliding_attention": "W", "sparse_attention": "S", "lightning_attention": "L"}
+    layer_map = "".join(letters[t] for t in config.layer_types)
+    console.print(f"[bold]{args.model}[/bold]  ({config.num_hidden_layers} layers, hidden {config.hidden_size})")
+    console.print(f"layer map  {layer_map}   (F full, W sliding window, S InfLLM-V2 sparse, L lightning)")
+    nope = [i for i in range(config.num_hidden_layers) if not config.layer_uses_rope(i)]
+    console.print(
+        f"positions  {config.position_encoding}; NoPE layers: {nope or 'none'}; "
+        f"logit scaling: {config.attn_logit_scaling}"
+    )
+    params = Table(title="parameters")
+    params.add_column("kind")
+    params.add_column("count", justify="right")
+    for kind, n in report["parameters"].items():
+        params.add_row(kind, f"{format_count(n)} ({n:,})")
+    console.print(params)
+    mem = Table(title="cache per sequence (bf16 KV; fp32 lightning state)")
+    mem.add_column("tokens", justify="right")
+    kinds = [k for k in next(iter(report["cache_bytes_bf16"].values())) if k != "total"]
+    for k in kinds:
+        mem.add_column(k, justify="right")
+    mem.add_column("total", justify="right")
+    for n, by_kind in report["cache_bytes_bf16"].items():
+        mem.add_row(_length_label(int(n)), *[format_bytes(by_kind[k]) for k in kinds], format_bytes(by_kind["total"]))
+    console.print(mem)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Run the main job on the embedded default. Until the HALO conversion lands, it builds a small random hybrid
+    that mixes all four layer types, prints `longforge info` for it, and generates a few tokens with the cache,
+    checking them against generation without a cache."""
+    import torch
+
+    from .models import HybridForCausalLM
+    from .models.shapes import tiny_hybrid_shape
+
+    console = _console()
+    torch.manual_seed(args.seed)
+    config = tiny_hybrid_shape()
+    console.rule("[bold]longforge demo: a random hybrid (sparse + lightning + sliding + full)")
+    cmd_info(argparse.Namespace(model="tiny-hybrid-shape", json=False))
+    model = HybridForCausalLM(config).eval()
+    prompt = torch.randint(0, config.vocab_size, (2, args.prompt_len), generator=torch.Generator().manual_seed(args.seed))
+    mask = torch.ones_like(prompt)
+    mask[1, : args.prompt_len // 4] = 0  # the second prompt is shorter: left padding
+    with torch.no_grad():
+        cached = model.generate(
+            prompt, attention_mask=mask, max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0
+        )
+        uncached = model.generate(
+            prompt,
+            attention_mask=mask,
+            max_new_tokens=args.new_tokens,
+            do_sample=False,
+            use_cache=False,
+            pad_token_id=0,
+        )
+    new = cached[:, args.prompt_len :]
+    console.print(f"prompt lengths: {mask.sum(1).tolist()} tokens (left-padded batch of 2)")
+    for row in range(2):
+        console.print(f"generated[{row}]: {new[row].tolist()}")
+    same = torch.equal(cached, uncached)
+    console.print(
+        f"cached decode == uncached recomputation: [{'green' if same else 'red'}]{same}[/]"
+    )
+    return 0 if same else 1
+
+
+def cmd_import(args) -> int:
+    """Import a local transformers Qwen3 / Llama directory into a longforge hybrid and save it (safetensors).
+    With no --layer-types the result computes the same function as the source."""
+    from .models import from_transformers
+
+    overrides = {}
+    if args.position_encoding:
+        overrides["position_encoding"] = args.position_encoding
+    if args.attn_logit_scaling:
+        overrides["attn_logit_scaling"] = args.attn_logit_scaling
+    model = from_transformers(args.src, layer_types=args.layer_types, **overrides)
+    out = Path(args.out)
+    model.save_pretrained(out)
+    src = Path(args.src)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
+        if (src / name).is_file():
+            (out / name).write_bytes((src / name).read_bytes())
+    _console().print(f"saved {type(model).__name__} ({''.join(t[0].upper() for t in model.config.layer_types)}) to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("info", help="layer map, parameters and cache memory of a model", description=cmd_info.__doc__)
+    p.add_argument("model", help="built-in shape name, config.json, or model directory")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default", description=cmd_demo.__doc__)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-len", type=int, default=96)
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("import", help="transformers Qwen3/Llama dir → longforge hybrid dir", description=cmd_import.__doc__)
+    p.add_argument("src", help="local transformers model directory (safetensors)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layer-types", default=None, help="pattern such as LLLF (F full, W sliding, S sparse, L lightning)")
+    p.add_argument("--position-encoding", choices=["rope", "hype"], default=None)
+    p.add_argument("--attn-logit-scaling", default=None, help="e.g. 'hype 500'")
+    p.set_defaults(func=cmd_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as e:
+        print(f"longforge {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
