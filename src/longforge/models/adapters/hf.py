@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 
 from ..hybrid.configuration_hybrid import HybridConfig
+from ...utils import check_checkpoint_dir
 from ..hybrid.modeling_hybrid import HybridForCausalLM
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
@@ -98,26 +99,14 @@ def hybrid_config_from_transformers(cfg: Any, layer_types=None, **overrides) -> 
 
 
 def _read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
+    check_checkpoint_dir(path)  # complete safetensors only; names the bad file otherwise
     index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
-        hint = f" (found {', '.join(pickles)}: pickled weights are refused; convert them to safetensors)" if pickles else ""
-        raise ValueError(f"no safetensors weights in {path}{hint}")
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
     for name in files:
-        file = path / name
-        if not file.is_file():
-            raise ValueError(f"checkpoint {path} is incomplete: the index names {name}, which is missing")
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    state[key] = f.get_tensor(key)
-        except Exception as e:  # safetensors raises its own error types for truncated / corrupt files
-            raise ValueError(f"cannot read {file}: corrupt or truncated safetensors file ({e})") from e
+        with safe_open(str(path / name), framework="pt") as f:
+            for key in f.keys():
+                state[key] = f.get_tensor(key)
     return state
 
 

@@ -7,6 +7,8 @@ with the mixer given by ``config.layer_types[i]``. Shapes: input_ids [B, T]; att
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +20,7 @@ from ...layers.attention import SoftmaxAttention
 from ...layers.lightning import LightningAttention
 from ...layers.mlp import SwiGLU
 from ...modules import RMSNorm, RotaryEmbedding
+from ...utils import atomic_directory, check_checkpoint_dir
 from .cache import HybridCache
 from .configuration_hybrid import HybridConfig
 
@@ -52,6 +55,22 @@ class HybridPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["HybridDecoderLayer"]
     _supports_attention_backend = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader, after checking a local directory: config present, safetensors weights only
+        (pickles refused), every shard complete — so a corrupt or partial checkpoint fails with its file named."""
+        if Path(pretrained_model_name_or_path).is_dir():
+            check_checkpoint_dir(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' safetensors save, made atomic: written to a temporary directory, then each file moved
+        into place with os.replace (config.json last). An interrupted save leaves no half-written file."""
+        if kwargs.get("push_to_hub"):
+            raise ValueError("push_to_hub is not supported: longforge never reaches the network")
+        with atomic_directory(save_directory) as tmp:
+            super().save_pretrained(tmp, *args, **kwargs)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

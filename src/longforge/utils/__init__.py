@@ -1,0 +1,5 @@
+"""Helpers with no model knowledge: checkpoint checks, atomic writes."""
+
+from .io import atomic_directory, check_checkpoint_dir, check_safetensors_file
+
+__all__ = ["atomic_directory", "check_checkpoint_dir", "check_safetensors_file"]
