@@ -1,8 +1,8 @@
 """The `longforge` console script: one subcommand per verb, each a thin call into the package.
 
-    longforge info MODEL_OR_CONFIG     layer map, parameters by kind, cache memory per sequence
-    longforge demo                     the main job on the embedded default
-    longforge import SRC --out DIR     a transformers Qwen3 / Llama directory → a longforge hybrid directory
+longforge info MODEL_OR_CONFIG     layer map, parameters by kind, cache memory per sequence
+longforge demo                     the main job on the embedded default
+longforge import SRC --out DIR     a transformers Qwen3 / Llama directory → a longforge hybrid directory
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ def cmd_demo(args) -> int:
     console.rule("[bold]longforge demo: a random hybrid (sparse + lightning + sliding + full)")
     cmd_info(argparse.Namespace(model="tiny-hybrid-shape", json=False))
     model = HybridForCausalLM(config).eval()
-    prompt = torch.randint(0, config.vocab_size, (2, args.prompt_len), generator=torch.Generator().manual_seed(args.seed))
+    prompt = torch.randint(
+        0, config.vocab_size, (2, args.prompt_len), generator=torch.Generator().manual_seed(args.seed)
+    )
     mask = torch.ones_like(prompt)
     mask[1, : args.prompt_len // 4] = 0  # the second prompt is shorter: left padding
     with torch.no_grad():
@@ -118,9 +120,7 @@ def cmd_demo(args) -> int:
     for row in range(2):
         console.print(f"generated[{row}]: {new[row].tolist()}")
     same = torch.equal(cached, uncached)
-    console.print(
-        f"cached decode == uncached recomputation: [{'green' if same else 'red'}]{same}[/]"
-    )
+    console.print(f"cached decode == uncached recomputation: [{'green' if same else 'red'}]{same}[/]")
     return 0 if same else 1
 
 
@@ -141,12 +141,16 @@ def cmd_import(args) -> int:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
         if (src / name).is_file():
             (out / name).write_bytes((src / name).read_bytes())
-    _console().print(f"saved {type(model).__name__} ({''.join(t[0].upper() for t in model.config.layer_types)}) to {out}")
+    _console().print(
+        f"saved {type(model).__name__} ({''.join(t[0].upper() for t in model.config.layer_types)}) to {out}"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="longforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("info", help="layer map, parameters and cache memory of a model", description=cmd_info.__doc__)
@@ -160,10 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=16)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("import", help="transformers Qwen3/Llama dir → longforge hybrid dir", description=cmd_import.__doc__)
+    p = sub.add_parser(
+        "import", help="transformers Qwen3/Llama dir → longforge hybrid dir", description=cmd_import.__doc__
+    )
     p.add_argument("src", help="local transformers model directory (safetensors)")
     p.add_argument("--out", required=True)
-    p.add_argument("--layer-types", default=None, help="pattern such as LLLF (F full, W sliding, S sparse, L lightning)")
+    p.add_argument(
+        "--layer-types", default=None, help="pattern such as LLLF (F full, W sliding, S sparse, L lightning)"
+    )
     p.add_argument("--position-encoding", choices=["rope", "hype"], default=None)
     p.add_argument("--attn-logit-scaling", default=None, help="e.g. 'hype 500'")
     p.set_defaults(func=cmd_import)

@@ -40,8 +40,17 @@ def test_info_table_and_paths(tmp_path):
     cfg.save_pretrained(tmp_path / "hyb")
     report = json.loads(run("info", str(tmp_path / "hyb" / "config.json"), "--json").stdout)
     assert report == json.loads(json.dumps(info_report(cfg)))
-    Qwen3ForCausalLM(Qwen3Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16)).save_pretrained(tmp_path / "q")
+    Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+        )
+    ).save_pretrained(tmp_path / "q")
     report = json.loads(run("info", str(tmp_path / "q"), "--json").stdout)
     assert report["layer_types"] == ["full_attention"] * 2
     assert report["cache_bytes_bf16"]["4096"]["total"] == cache_bytes(load_config(str(tmp_path / "q")), 4096)["total"]
@@ -50,8 +59,11 @@ def test_info_table_and_paths(tmp_path):
 def test_info_bad_input_is_a_clear_error(tmp_path):
     proc = run("info", "no-such-shape", check=False)
     assert proc.returncode == 2 and "built-in shape" in proc.stderr and "Traceback" not in proc.stderr
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "longforge_hybrid", "num_hidden_layers": 2,
-                                                      "layer_types": ["full_attention", "mamba"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"model_type": "longforge_hybrid", "num_hidden_layers": 2, "layer_types": ["full_attention", "mamba"]}
+        )
+    )
     proc = run("info", str(tmp_path), check=False)
     assert proc.returncode == 2 and "layer_types[1]" in proc.stderr
 
@@ -63,11 +75,30 @@ def test_demo_runs():
 
 def test_import_verb(tmp_path):
     torch.manual_seed(0)
-    src = Qwen3ForCausalLM(Qwen3Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                       num_attention_heads=2, num_key_value_heads=1, head_dim=16)).eval()
+    src = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+        )
+    ).eval()
     src.save_pretrained(tmp_path / "src")
-    run("import", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--layer-types", "LLLF",
-        "--position-encoding", "hype", "--attn-logit-scaling", "hype 500")
+    run(
+        "import",
+        str(tmp_path / "src"),
+        "--out",
+        str(tmp_path / "out"),
+        "--layer-types",
+        "LLLF",
+        "--position-encoding",
+        "hype",
+        "--attn-logit-scaling",
+        "hype 500",
+    )
     model = HybridForCausalLM.from_pretrained(tmp_path / "out")
     assert model.config.layer_types[-1] == "full_attention" and model.config.attn_logit_scaling == "hype 500"
     proc = run("import", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2"), check=False)

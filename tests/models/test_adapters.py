@@ -1,4 +1,4 @@
-"""Import of transformers Qwen3 / Llama weights: the same function when nothing is converted, HALO transfer otherwise."""
+"""Import of transformers Qwen3 / Llama weights: same function when nothing is converted, HALO transfer otherwise."""
 
 import json
 
@@ -43,8 +43,9 @@ def assert_same_function(src, hybrid, T=70):
     torch.testing.assert_close(out[1, 13:], ref[1, 13:], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("make", [qwen3, lambda: qwen3(tie_word_embeddings=True), llama,
-                                  lambda: llama(attention_bias=True)])
+@pytest.mark.parametrize(
+    "make", [qwen3, lambda: qwen3(tie_word_embeddings=True), llama, lambda: llama(attention_bias=True)]
+)
 def test_same_logits_as_transformers_from_a_directory(make, tmp_path):
     src = make()
     src.save_pretrained(tmp_path)
@@ -57,8 +58,15 @@ def test_same_logits_as_transformers_from_a_directory(make, tmp_path):
 
 
 def test_llama3_rope_scaling_is_reproduced():
-    src = llama(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                              "original_max_position_embeddings": 64})
+    src = llama(
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
+    )
     hybrid = from_transformers(src)
     assert hybrid.config.rope_extension["rope_type"] == "llama3"
     assert_same_function(src, hybrid, T=200)

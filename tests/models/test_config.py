@@ -9,9 +9,10 @@ from longforge.models.hybrid.configuration_hybrid import expand_layer_types
 
 def test_pattern_is_tiled_and_stored_in_full(tmp_path):
     cfg = HybridConfig(num_hidden_layers=8, layer_types="SLLL")
-    assert cfg.layer_types == ["sparse_attention"] + ["lightning_attention"] * 3 + ["sparse_attention"] + [
-        "lightning_attention"
-    ] * 3
+    assert (
+        cfg.layer_types
+        == ["sparse_attention"] + ["lightning_attention"] * 3 + ["sparse_attention"] + ["lightning_attention"] * 3
+    )
     cfg.save_pretrained(tmp_path)
     stored = json.loads((tmp_path / "config.json").read_text())
     assert stored["layer_types"] == cfg.layer_types
@@ -29,7 +30,12 @@ def test_full_attention_interval():
 def test_defaults_follow_the_papers():
     cfg = HybridConfig()
     assert (cfg.sparse_block_size, cfg.sparse_kernel_size, cfg.sparse_kernel_stride) == (64, 32, 16)
-    assert (cfg.sparse_topk, cfg.sparse_init_blocks, cfg.sparse_window_size, cfg.sparse_dense_len) == (64, 1, 2048, 8192)
+    assert (cfg.sparse_topk, cfg.sparse_init_blocks, cfg.sparse_window_size, cfg.sparse_dense_len) == (
+        64,
+        1,
+        2048,
+        8192,
+    )
     assert cfg.lightning_decay == "alibi" and cfg.lightning_qk_norm and cfg.lightning_output_gate
     assert cfg.layer_types == ["full_attention"] * cfg.num_hidden_layers
 
@@ -87,7 +93,10 @@ def test_builtin_shapes():
     assert sala.layer_types.count("lightning_attention") == 24
     assert (sala.num_attention_heads, sala.num_key_value_heads, sala.head_dim) == (32, 2, 128)
     assert (sala.lightning_num_heads, sala.lightning_head_dim, sala.intermediate_size, sala.vocab_size) == (
-        32, 128, 16384, 73448,
+        32,
+        128,
+        16384,
+        73448,
     )
     qwen = load_config("qwen3-8b-shape")
     assert qwen.layer_types == ["full_attention"] * 36 and qwen.num_key_value_heads == 8

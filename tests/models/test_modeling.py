@@ -49,7 +49,13 @@ def test_sparse_layer_is_really_sparse():
     dense_layer = logits_of(make_model(sparse_topk=1000), ids)
     full = make_model(
         sparse_topk=1000,
-        layer_types=["full_attention", "lightning_attention", "sliding_attention", "full_attention", "lightning_attention"],
+        layer_types=[
+            "full_attention",
+            "lightning_attention",
+            "sliding_attention",
+            "full_attention",
+            "lightning_attention",
+        ],
     )
     torch.testing.assert_close(logits_of(full, ids), dense_layer, atol=ATOL, rtol=0)
 

@@ -71,7 +71,7 @@ class SoftmaxAttention(nn.Module):
         else:
             if cache_layer is not None:
                 k, v = cache_layer.update(k, v)
-            key_mask = None if attention_mask is None else attention_mask[:, -k.shape[1]:]
+            key_mask = None if attention_mask is None else attention_mask[:, -k.shape[1] :]
             window = self.config.sliding_window if self.layer_type == "sliding_attention" else None
             o = attention_op.attention(q, k, v, causal=True, window=window, key_padding_mask=key_mask)
 
@@ -125,4 +125,3 @@ class SoftmaxAttention(nn.Module):
                 cache_layer.compressed_keys[b] = compressed
             out[b, real_q] = sparse_op.sparse_attention(q[b : b + 1, real_q], kb, vb, compressed_k=compressed, **kw)[0]
         return out
-

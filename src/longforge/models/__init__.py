@@ -4,5 +4,12 @@ from .adapters import from_transformers
 from .hybrid import HybridCache, HybridConfig, HybridForCausalLM, HybridModel
 from .shapes import BUILTIN_SHAPES, load_config
 
-__all__ = ["HybridCache", "HybridConfig", "HybridForCausalLM", "HybridModel", "from_transformers", "BUILTIN_SHAPES",
-           "load_config"]
+__all__ = [
+    "HybridCache",
+    "HybridConfig",
+    "HybridForCausalLM",
+    "HybridModel",
+    "from_transformers",
+    "BUILTIN_SHAPES",
+    "load_config",
+]

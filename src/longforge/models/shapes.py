@@ -32,9 +32,7 @@ def sala_9b_shape() -> HybridConfig:
     """MiniCPM-SALA's dimensions (architecture.md §2.2): 32 layers, InfLLM-V2 sparse NoPE attention at layers
     0, 9, 16, 17, 22, 29, 30, 31 (32 query / 2 KV heads × 128), Lightning with RoPE elsewhere (32 heads × 128),
     QK-norm and output gates everywhere, SwiGLU 16384, vocabulary 73448."""
-    layer_types = [
-        "sparse_attention" if i in SALA_SPARSE_LAYERS else "lightning_attention" for i in range(32)
-    ]
+    layer_types = ["sparse_attention" if i in SALA_SPARSE_LAYERS else "lightning_attention" for i in range(32)]
     return HybridConfig(
         vocab_size=73448,
         hidden_size=4096,

@@ -55,7 +55,11 @@ def check_checkpoint_dir(path: str | os.PathLike) -> None:
         files = ["model.safetensors"]
     else:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.suffix != ".safetensors")
-        hint = f"; found {', '.join(pickles)}: pickled weights are refused (convert them to safetensors)" if pickles else ""
+        hint = (
+            f"; found {', '.join(pickles)}: pickled weights are refused (convert them to safetensors)"
+            if pickles
+            else ""
+        )
         raise ValueError(f"no safetensors weights in {path}{hint}")
     for name in files:
         if not (path / name).is_file():
@@ -80,7 +84,11 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
         for name in sorted(new, key=lambda n: n == "config.json"):
             os.replace(tmp / name, target / name)
         for old in target.iterdir():
-            if old.suffix in WEIGHT_SUFFIXES + (".json",) and old.name.startswith(("model", "pytorch_model")) and old.name not in new:
+            if (
+                old.suffix in WEIGHT_SUFFIXES + (".json",)
+                and old.name.startswith(("model", "pytorch_model"))
+                and old.name not in new
+            ):
                 old.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from ..hybrid.configuration_hybrid import HybridConfig
 from ...utils import check_checkpoint_dir
+from ..hybrid.configuration_hybrid import HybridConfig
 from ..hybrid.modeling_hybrid import HybridForCausalLM
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
@@ -101,7 +101,9 @@ def hybrid_config_from_transformers(cfg: Any, layer_types=None, **overrides) -> 
 def _read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
     check_checkpoint_dir(path)  # complete safetensors only; names the bad file otherwise
     index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    )
     state: dict[str, torch.Tensor] = {}
     for name in files:
         with safe_open(str(path / name), framework="pt") as f:
@@ -131,8 +133,10 @@ def _load_source(path_or_model) -> tuple[Any, dict[str, torch.Tensor], torch.dty
 def _repeat_kv_rows(w: torch.Tensor, num_kv_heads: int, num_heads: int) -> torch.Tensor:
     """[Hkv·D, in] → [H·D, in]: each KV head's rows repeated for the H/Hkv query heads of its group."""
     d = w.shape[0] // num_kv_heads
-    return w.reshape(num_kv_heads, d, *w.shape[1:]).repeat_interleave(num_heads // num_kv_heads, dim=0).reshape(
-        num_heads * d, *w.shape[1:]
+    return (
+        w.reshape(num_kv_heads, d, *w.shape[1:])
+        .repeat_interleave(num_heads // num_kv_heads, dim=0)
+        .reshape(num_heads * d, *w.shape[1:])
     )
 
 
@@ -174,14 +178,20 @@ def from_transformers(
         if new_key not in target:
             if key.endswith("rotary_emb.inv_freq"):
                 continue
-            raise ValueError(f"unexpected weight {key!r} in the source checkpoint (no place for it in {config.model_type})")
+            raise ValueError(
+                f"unexpected weight {key!r} in the source checkpoint (no place for it in {config.model_type})"
+            )
         if target[new_key].shape != value.shape:
-            raise ValueError(f"shape mismatch for {key}: source {tuple(value.shape)}, target {tuple(target[new_key].shape)}")
+            raise ValueError(
+                f"shape mismatch for {key}: source {tuple(value.shape)}, target {tuple(target[new_key].shape)}"
+            )
         mapped[new_key] = value
     if config.tie_word_embeddings:
         mapped.pop("lm_head.weight", None)
     missing_required = [
-        k for k in target if k not in mapped and not _is_new_parameter(k) and not (k == "lm_head.weight" and config.tie_word_embeddings)
+        k
+        for k in target
+        if k not in mapped and not _is_new_parameter(k) and not (k == "lm_head.weight" and config.tie_word_embeddings)
     ]
     if missing_required:
         raise ValueError(f"the source checkpoint lacks {len(missing_required)} weights, e.g. {missing_required[:3]}")
@@ -196,7 +206,7 @@ def from_transformers(
 def _is_new_parameter(key: str) -> bool:
     """Parameters the hybrid adds that no Transformer has: output gates and the lightning output norm."""
     return key.endswith(("mixer.o_gate.weight", "mixer.z_proj.weight", "mixer.o_norm.weight")) or (
-        (".mixer.q_norm." in key or ".mixer.k_norm." in key)  # Llama has no q/k norms: new, initialised to 1
+        ".mixer.q_norm." in key or ".mixer.k_norm." in key  # Llama has no q/k norms: new, initialised to 1
     )
 
 

@@ -195,7 +195,9 @@ class HybridCache(Cache):
 
     def reset(self) -> None:
         for i, layer in enumerate(self.layers):
-            self.layers[i] = layer.__class__(layer.window) if isinstance(layer, SlidingLayerCache) else layer.__class__()
+            self.layers[i] = (
+                layer.__class__(layer.window) if isinstance(layer, SlidingLayerCache) else layer.__class__()
+            )
         self.seen_tokens = 0
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:

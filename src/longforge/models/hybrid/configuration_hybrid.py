@@ -170,7 +170,9 @@ class HybridConfig(PretrainedConfig):
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
-        self.head_dim = head_dim if head_dim is not None else (hidden_size // num_attention_heads if num_attention_heads else None)
+        self.head_dim = (
+            head_dim if head_dim is not None else (hidden_size // num_attention_heads if num_attention_heads else None)
+        )
         self.hidden_act = hidden_act
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
@@ -221,10 +223,22 @@ class HybridConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
         for name in (
-            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window", "sparse_block_size",
-            "sparse_kernel_size", "sparse_kernel_stride", "sparse_window_size", "lightning_num_heads",
-            "lightning_head_dim", "lightning_chunk_size",
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+            "sliding_window",
+            "sparse_block_size",
+            "sparse_kernel_size",
+            "sparse_kernel_stride",
+            "sparse_window_size",
+            "lightning_num_heads",
+            "lightning_head_dim",
+            "lightning_chunk_size",
         ):
             positive(name)
         if self.num_attention_heads % self.num_key_value_heads != 0:
@@ -253,7 +267,9 @@ class HybridConfig(PretrainedConfig):
                 f"position_encoding must be one of {', '.join(POSITION_ENCODINGS)}, got {self.position_encoding!r}"
             )
         if self.lightning_decay not in LIGHTNING_DECAYS:
-            raise ValueError(f"lightning_decay must be one of {', '.join(LIGHTNING_DECAYS)}, got {self.lightning_decay!r}")
+            raise ValueError(
+                f"lightning_decay must be one of {', '.join(LIGHTNING_DECAYS)}, got {self.lightning_decay!r}"
+            )
         if self.hidden_act != "silu":
             raise ValueError(f"hidden_act must be 'silu' (SwiGLU MLP), got {self.hidden_act!r}")
         if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):

@@ -24,7 +24,6 @@ from ...utils import atomic_directory, check_checkpoint_dir
 from .cache import HybridCache
 from .configuration_hybrid import HybridConfig
 
-
 # transformers renamed the cache field of its outputs from `past_key_values` to `cache` during 5.x; `generate`
 # reads whichever name its own output classes use, so we fill that one.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -172,9 +171,7 @@ class HybridModel(HybridPreTrainedModel):
             if all_hidden is not None:
                 all_hidden.append(hidden)
             dim = self.config.lightning_head_dim if layer.layer_type == "lightning_attention" else self.config.head_dim
-            hidden = layer(
-                hidden, rope[dim], position_ids, attention_mask, cache[i] if cache is not None else None
-            )
+            hidden = layer(hidden, rope[dim], position_ids, attention_mask, cache[i] if cache is not None else None)
         hidden = self.norm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)
