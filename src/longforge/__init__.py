@@ -17,9 +17,18 @@ if _HAS_TRANSFORMERS:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     from .models import HybridCache, HybridConfig, HybridForCausalLM, HybridModel, from_transformers, load_config
+    from .models.pretrained import pretrained
 
     AutoConfig.register(HybridConfig.model_type, HybridConfig, exist_ok=True)
     AutoModel.register(HybridConfig, HybridModel, exist_ok=True)
     AutoModelForCausalLM.register(HybridConfig, HybridForCausalLM, exist_ok=True)
 
-    __all__ = ["HybridCache", "HybridConfig", "HybridForCausalLM", "HybridModel", "from_transformers", "load_config"]
+    __all__ = [
+        "HybridCache",
+        "HybridConfig",
+        "HybridForCausalLM",
+        "HybridModel",
+        "from_transformers",
+        "load_config",
+        "pretrained",
+    ]

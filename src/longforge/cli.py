@@ -3,6 +3,7 @@
 longforge info MODEL_OR_CONFIG     layer map, parameters by kind, cache memory per sequence
 longforge demo                     the main job on the embedded default
 longforge import SRC --out DIR     a transformers Qwen3 / Llama directory → a longforge hybrid directory
+longforge train RECIPE [k=v ...]   pre-training / SFT from a YAML recipe
 """
 
 from __future__ import annotations
@@ -147,6 +148,24 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    """Train a model from a YAML recipe (pre-training / SFT on packed sequences), with key=value overrides such
+    as `steps=100 optim.lr=1e-3 model.config.hidden_size=256`. Resumes from the run's latest checkpoint; under
+    torchrun (WORLD_SIZE > 1) the model is sharded with FSDP2."""
+    from .recipes import load_recipe
+    from .train import TrainConfig, train
+
+    cfg = load_recipe(TrainConfig, args.recipe, args.overrides)
+    trainer = train(cfg, progress=not args.no_progress)
+    if trainer.dist.is_main:
+        last = trainer.history[-1] if trainer.history else {}
+        _console().print(
+            f"done: step {trainer.step}, {trainer.tokens_seen:,} tokens, loss {last.get('loss', float('nan')):.4f}; "
+            f"checkpoints in {cfg.out_dir}/checkpoints"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="longforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -163,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=96)
     p.add_argument("--new-tokens", type=int, default=16)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train from a YAML recipe", description=cmd_train.__doc__)
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/train/tiny-teacher.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested fields)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
         "import", help="transformers Qwen3/Llama dir → longforge hybrid dir", description=cmd_import.__doc__

@@ -96,13 +96,15 @@ def load_config(name_or_path: str) -> HybridConfig:
     A transformers Qwen3 / Llama config is mapped to the equivalent all-full-attention hybrid."""
     if name_or_path in BUILTIN_SHAPES:
         return BUILTIN_SHAPES[name_or_path]()
-    path = Path(name_or_path)
+    from ..assets import BUILTIN_MODELS, asset_path
+
+    path = asset_path(name_or_path) if name_or_path in BUILTIN_MODELS else Path(name_or_path)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
         raise ValueError(
             f"{name_or_path!r} is neither a built-in shape ({', '.join(BUILTIN_SHAPES)}) nor a config.json / model "
-            "directory that exists"
+            "directory that exists (built-in models such as tiny-teacher are accepted too)"
         )
     try:
         data = json.loads(path.read_text())
