@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..recipes import dump_json, dump_yaml, to_dict
 from ..utils.io import atomic_directory, atomic_write_text
 from .config import TrainConfig
+from .moe import activation_counts, controller_for, penalty_loss
 
 # ----------------------------------------------------------------------------------------------- pure functions
 
@@ -227,6 +228,7 @@ class Trainer:
                 fully_shard(layer)
             fully_shard(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
+        self.moe_controller = controller_for(self.model)
         self.stream = build_stream(cfg, self.tokenizer, self.dist.rank)
         self.step = 0
         self.tokens_seen = 0
@@ -249,21 +251,39 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
+        moe_counts = None
         for batch in batches:
             ids = batch["input_ids"].to(self.device)
             weight = batch["loss_weight"].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 logits = self.model(input_ids=ids, use_cache=False).logits
             loss = weighted_token_loss(logits, ids, weight) / total_weight
+            penalty = penalty_loss(self.model, self.moe_controller)
             # FSDP averages gradients over ranks; the loss is already normalised by the global weight.
-            (loss * self.dist.world_size).backward()
+            objective = loss * self.dist.world_size
+            if penalty is not None:
+                objective = objective + penalty / cfg.grad_accum
+            objective.backward()
             loss_sum += loss.detach()
+            counts = activation_counts(self.model)
+            if counts:
+                moe_counts = (
+                    counts if moe_counts is None else [(a + c, b + d) for (a, b), (c, d) in zip(moe_counts, counts)]
+                )
         grad_norm = torch.zeros(())
         if cfg.optim.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = float(self.dist.all_reduce_sum(loss_sum))
+        moe_record = {}
+        if moe_counts:
+            counts = self.dist.all_reduce_sum(torch.tensor(moe_counts, dtype=torch.float64, device=self.device))
+            rho_layers = (counts[:, 0] / counts[:, 1]).tolist()
+            rho = float(counts[:, 0].sum() / counts[:, 1].sum())
+            moe_record = {"moe_rho": rho, **{f"moe_rho_layer{i}": r for i, r in enumerate(rho_layers)}}
+            if self.moe_controller is not None:
+                moe_record["moe_lambda"] = self.moe_controller.update(rho)
         tokens = sum(b["input_ids"].numel() for b in batches) * self.dist.world_size
         self.tokens_seen += tokens
         self.step += 1
@@ -274,6 +294,7 @@ class Trainer:
             "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
             "seq_len": seq_len,
             "tokens": tokens,
+            **moe_record,
         }
 
     @torch.no_grad()
@@ -333,6 +354,7 @@ class Trainer:
                         "tokens_seen": self.tokens_seen,
                         "optimizer": optim_state,
                         "history": self.history,
+                        "moe_controller": self.moe_controller.state_dict() if self.moe_controller else None,
                         "ranks": {0: rank_state},
                     },
                     tmp / "trainer_state.pt",
@@ -389,6 +411,8 @@ class Trainer:
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.history = list(state["history"])
+        if self.moe_controller is not None and state.get("moe_controller"):
+            self.moe_controller.load_state_dict(state["moe_controller"])
 
     # ------------------------------------------------------------------ the loop
     def log(self, record: dict) -> None:

@@ -22,6 +22,8 @@ from transformers import PretrainedConfig
 LAYER_TYPES = ("full_attention", "sliding_attention", "sparse_attention", "lightning_attention")
 # One letter per layer type for short patterns ("SLLL"): F(ull), W(indow), S(parse), L(ightning).
 PATTERN_LETTERS = {"F": "full_attention", "W": "sliding_attention", "S": "sparse_attention", "L": "lightning_attention"}
+MLP_TYPES = ("dense", "deco_moe", "remoe", "topk_moe")
+MOE_PENALTIES = ("entropy", "l1")
 POSITION_ENCODINGS = ("rope", "hype")
 LIGHTNING_DECAYS = ("alibi",)
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -72,6 +74,24 @@ def expand_layer_types(
     return layer_types
 
 
+def expand_mlp_types(mlp_types: str | list[str] | None, num_hidden_layers: int) -> list[str]:
+    """``None`` → all dense; a kind name (``"deco_moe"``) → the first layer dense and the rest that kind (DECO's
+    ``moe_layer_freq = [0]*1 + [1]*(L-1)``); a list → validated, one entry per layer."""
+    if mlp_types is None:
+        return ["dense"] * num_hidden_layers
+    if isinstance(mlp_types, str):
+        if mlp_types not in MLP_TYPES:
+            raise ValueError(f"mlp_types {mlp_types!r} is not a known MLP type; allowed: {', '.join(MLP_TYPES)}")
+        return ["dense"] + [mlp_types] * (num_hidden_layers - 1)
+    mlp_types = list(mlp_types)
+    if len(mlp_types) != num_hidden_layers:
+        raise ValueError(f"mlp_types has {len(mlp_types)} entries but num_hidden_layers is {num_hidden_layers}")
+    for i, t in enumerate(mlp_types):
+        if t not in MLP_TYPES:
+            raise ValueError(f"mlp_types[{i}] = {t!r} is not a known MLP type; allowed: {', '.join(MLP_TYPES)}")
+    return mlp_types
+
+
 def parse_logit_scaling(value: Any) -> tuple[str, float] | None:
     """Parse ``attn_logit_scaling``: ``None`` → None, a float → ("const", c), ``"hype <a>"`` → ("hype", a)."""
     if value is None:
@@ -114,6 +134,11 @@ class HybridConfig(PretrainedConfig):
       heads and head_dim), ``lightning_decay="alibi"`` (g_h = -2^(-8(h+1)/H), fixed), ``lightning_qk_norm``,
       ``lightning_output_norm``, ``lightning_output_gate``, ``lightning_chunk_size``.
     - ``attn_output_gate``: o ← o ⊙ sigmoid(W_g x) before o_proj in the softmax layers (gated attention).
+    - ``mlp_types``: per layer ``dense | deco_moe | remoe | topk_moe``, or one kind name (first layer dense, the rest
+      that kind, as DECO lays it out). DECO defaults: ``moe_num_experts=42`` (0.1B shape), ``moe_expert_dim=64``,
+      ``moe_shared_dim=128``, ``moe_router_scale_init=0.1``, ``moe_target_activation=0.2``,
+      ``moe_lambda_init=1e-8``, ``moe_lambda_multiplier=1.002``; ``moe_penalty`` entropy (DECO) or l1 (ReMoE);
+      ``moe_top_k`` for the top-k baseline (default round(target · E)).
     """
 
     model_type = "longforge_hybrid"
@@ -158,6 +183,16 @@ class HybridConfig(PretrainedConfig):
         lightning_output_norm: bool = True,
         lightning_output_gate: bool = True,
         lightning_chunk_size: int = 64,
+        mlp_types: str | list[str] | None = None,
+        moe_num_experts: int = 42,
+        moe_expert_dim: int = 64,
+        moe_shared_dim: int = 128,
+        moe_router_scale_init: float = 0.1,
+        moe_target_activation: float = 0.2,
+        moe_penalty: str | None = None,
+        moe_lambda_init: float = 1e-8,
+        moe_lambda_multiplier: float = 1.002,
+        moe_top_k: int | None = None,
         use_cache: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -204,6 +239,17 @@ class HybridConfig(PretrainedConfig):
         self.lightning_output_norm = lightning_output_norm
         self.lightning_output_gate = lightning_output_gate
         self.lightning_chunk_size = lightning_chunk_size
+        self.mlp_types = expand_mlp_types(mlp_types, num_hidden_layers)
+        self.moe_num_experts = moe_num_experts
+        self.moe_expert_dim = moe_expert_dim
+        self.moe_shared_dim = moe_shared_dim
+        self.moe_router_scale_init = moe_router_scale_init
+        self.moe_target_activation = moe_target_activation
+        # DECO regularises with router entropy, ReMoE with L1 (moe_and_sp.md §1.3, §1.6).
+        self.moe_penalty = moe_penalty or ("l1" if "remoe" in self.mlp_types else "entropy")
+        self.moe_lambda_init = moe_lambda_init
+        self.moe_lambda_multiplier = moe_lambda_multiplier
+        self.moe_top_k = moe_top_k if moe_top_k is not None else max(1, round(moe_target_activation * moe_num_experts))
         self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,
@@ -262,6 +308,22 @@ class HybridConfig(PretrainedConfig):
             )
         if isinstance(self.sparse_dense_len, bool) or not isinstance(self.sparse_dense_len, int):
             raise ValueError(f"sparse_dense_len must be an integer (-1 forces sparse), got {self.sparse_dense_len!r}")
+        for name in ("moe_num_experts", "moe_expert_dim", "moe_top_k"):
+            positive(name)
+        if isinstance(self.moe_shared_dim, bool) or not isinstance(self.moe_shared_dim, int) or self.moe_shared_dim < 0:
+            raise ValueError(f"moe_shared_dim must be an integer >= 0, got {self.moe_shared_dim!r}")
+        if not 0 < self.moe_target_activation < 1:
+            raise ValueError(f"moe_target_activation must be in (0, 1), got {self.moe_target_activation!r}")
+        if self.moe_top_k > self.moe_num_experts:
+            raise ValueError(f"moe_top_k ({self.moe_top_k}) must be <= moe_num_experts ({self.moe_num_experts})")
+        if self.moe_penalty not in MOE_PENALTIES:
+            raise ValueError(f"moe_penalty must be one of {', '.join(MOE_PENALTIES)}, got {self.moe_penalty!r}")
+        if not self.moe_lambda_multiplier > 1 or not self.moe_lambda_init > 0:
+            raise ValueError(
+                f"moe_lambda_multiplier must be > 1 and moe_lambda_init > 0, got {self.moe_lambda_multiplier!r}, "
+                f"{self.moe_lambda_init!r}"
+            )
+        expand_mlp_types(self.mlp_types, self.num_hidden_layers)
         if self.position_encoding not in POSITION_ENCODINGS:
             raise ValueError(
                 f"position_encoding must be one of {', '.join(POSITION_ENCODINGS)}, got {self.position_encoding!r}"

@@ -17,8 +17,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ...layers.attention import SoftmaxAttention
+from ...layers.deco_moe import build_mlp
 from ...layers.lightning import LightningAttention
-from ...layers.mlp import SwiGLU
 from ...modules import RMSNorm, RotaryEmbedding
 from ...utils import atomic_directory, check_checkpoint_dir
 from .cache import HybridCache
@@ -39,7 +39,7 @@ class HybridDecoderLayer(GradientCheckpointingLayer):
         else:
             self.mixer = SoftmaxAttention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+        self.mlp = build_mlp(config, layer_idx)
 
     def forward(self, hidden_states, position_embeddings, position_ids, attention_mask, cache_layer=None):
         h = hidden_states + self.mixer(
