@@ -4,6 +4,7 @@ longforge info MODEL_OR_CONFIG     layer map, parameters by kind, cache memory p
 longforge demo                     the main job on the embedded default
 longforge import SRC --out DIR     a transformers Qwen3 / Llama directory → a longforge hybrid directory
 longforge train RECIPE [k=v ...]   pre-training / SFT from a YAML recipe
+longforge bench moe                DECO FFN decode latency vs dense
 """
 
 from __future__ import annotations
@@ -166,6 +167,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Benchmarks that write JSON + markdown + PNG under --out (default benchmarks/results/).
+    `moe`: DECO FFN decode latency against a dense SwiGLU FFN with the same total parameters, at DECO's
+    0.1B / 0.5B / 1.2B layer shapes, activation ratios and chunk sizes."""
+    if args.what == "moe":
+        from .bench.moe import run
+
+        records = run(
+            out_dir=args.out,
+            device=args.device,
+            shapes=tuple(args.shapes.split(",")),
+            ratios=tuple(float(r) for r in args.ratios.split(",")),
+            tokens=tuple(int(t) for t in args.tokens.split(",")),
+            dtype=args.dtype,
+            repeats=args.repeats,
+        )
+        best = max(records, key=lambda r: r["speedup"])
+        _console().print(f"{len(records)} records written to {args.out}; best speedup {best['speedup']}× ({best})")
+        return 0
+    raise ValueError(f"unknown benchmark {args.what!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="longforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -182,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=96)
     p.add_argument("--new-tokens", type=int, default=16)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks (JSON + markdown + PNG)", description=cmd_bench.__doc__)
+    p.add_argument("what", choices=["moe"])
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--shapes", default="0.1B,0.5B,1.2B")
+    p.add_argument("--ratios", default="0.1,0.2,0.3,0.5")
+    p.add_argument("--tokens", default="1,8,32,64")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--repeats", type=int, default=20)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train from a YAML recipe", description=cmd_train.__doc__)
     p.add_argument("recipe", help="YAML recipe, e.g. recipes/train/tiny-teacher.yaml")

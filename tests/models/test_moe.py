@@ -166,3 +166,18 @@ def test_topk_layer_routes_k_experts():
 def test_moe_config_errors(kwargs, field):
     with pytest.raises(ValueError, match=field):
         tiny_moe_config(**kwargs)
+
+
+def test_bench_moe_writes_records(tmp_path):
+    from longforge.bench.moe import run
+
+    records = run(
+        out_dir=tmp_path, shapes=("0.1B",), ratios=(0.2,), tokens=(1, 8), dtype="fp32", repeats=2, progress=False
+    )
+    assert [(r["tokens"], r["activation_ratio"]) for r in records] == [(1, 0.2), (8, 0.2)]
+    for r in records:
+        assert set(r) >= {"shape", "activation_ratio", "tokens", "dense_ms", "deco_ms", "speedup", "device"}
+        assert r["dense_params"] == pytest.approx(r["deco_params"], rel=1e-3)
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["deco_ms"], rel=1e-2)
+    files = sorted(p.suffix for p in tmp_path.iterdir())
+    assert files == [".json", ".md", ".png"]

@@ -1,0 +1,1 @@
+"""Benchmarks users can run: each writes JSON + markdown + PNG under benchmarks/results/."""
