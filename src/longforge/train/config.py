@@ -23,8 +23,11 @@ class DataSection:
     source: str = "builtin"  # builtin | a JSONL / Parquet file or a `datasets.save_to_disk` dir (comma-separated)
     text_field: str = "text"
     mix: dict = field(default_factory=dict)  # built-in corpus: weight per component (prose, niah, multikey, ...)
-    answer_weight: float = 1.0  # loss weight of answer tokens in the built-in skill data (1 = plain LM loss)
+    answer_weight: float = 5.0  # loss weight of answer tokens in the built-in skill data (teacher_notes: up-weight)
     context_weight: float = 1.0  # loss weight of the other tokens of skill samples
+    # Where the built-in prose comes from: "stdlib" and/or installed package names (their docstrings and docs).
+    prose_sources: list[str] = field(default_factory=lambda: ["stdlib", "numpy", "torch"])
+    probes: list[str] = field(default_factory=lambda: ["niah_single_1", "niah_multikey_1", "vt"])  # eval probes
 
 
 @dataclass
@@ -93,6 +96,12 @@ class TrainConfig:
             last = entry[0]
         if self.seq_len_schedule and self.seq_len_schedule[0][0] != 0:
             raise ValueError("seq_len_schedule must start at step 0")
+        if self.data.source != "builtin":
+            from pathlib import Path
+
+            for path in self.data.source.split(","):
+                if not Path(path.strip()).exists():
+                    raise ValueError(f"data.source: {path.strip()} does not exist")
         if self.data.source != "builtin" and self.model.tokenizer is None and self.model.init_from is None:
             raise ValueError(
                 "data.source is a user dataset: give model.tokenizer (or model.init_from with a tokenizer)"

@@ -12,6 +12,7 @@ count as they should.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -113,22 +114,35 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+def cache_dir() -> Path:
+    """Where parsed prose is cached between runs (LONGFORGE_CACHE, else ~/.cache/longforge)."""
+    return Path(os.environ.get("LONGFORGE_CACHE", Path.home() / ".cache" / "longforge"))
+
+
 def build_tokenizer(cfg: TrainConfig, out_dir: Path, dist: Dist):
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     source = cfg.model.tokenizer or cfg.model.init_from
     if source is not None:
         if not Path(source).is_dir():
             raise ValueError(f"model.tokenizer / model.init_from {source!r} is not a directory")
         return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    from ..data.tokenizer import build_tokenizer as build_corpus_tokenizer
+    from ..data.tokenizer import load_tokenizer
+
     tok_dir = out_dir / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         if dist.is_main:
-            from ..data.tokenizer import build_tokenizer as build_corpus_tokenizer
-
-            build_corpus_tokenizer(tok_dir, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab_size)
+            with atomic_directory(tok_dir) as tmp:
+                build_corpus_tokenizer(
+                    tmp,
+                    seed=cfg.seed,
+                    vocab_size=cfg.model.tokenizer_vocab_size,
+                    prose_sources=tuple(cfg.data.prose_sources),
+                    cache_dir=cache_dir(),
+                )
         dist.barrier()
-    return PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    return load_tokenizer(tok_dir)
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, tokenizer):
@@ -164,9 +178,26 @@ def build_model(cfg: TrainConfig, vocab_size: int, tokenizer):
 
 
 def build_stream(cfg: TrainConfig, tokenizer, rank: int):
+    """The training stream: the built-in corpus (prose + skills), or the user's texts (JSONL / Parquet /
+    saved dataset, comma-separated) in place of the prose share. Each rank draws its own rows."""
+    from ..data.sources import read_texts
     from ..data.stream import TrainStream
 
-    return TrainStream.from_config(cfg.data, tokenizer, seed=cfg.seed * 1000 + rank)
+    text_source = None
+    if cfg.data.source != "builtin":
+        text_source = []
+        for path in cfg.data.source.split(","):
+            text_source.extend(read_texts(path.strip(), field=cfg.data.text_field))
+    return TrainStream(
+        tokenizer,
+        seed=cfg.seed * 1000 + rank,
+        mix=cfg.data.mix or None,
+        answer_weight=cfg.data.answer_weight,
+        context_weight=cfg.data.context_weight,
+        prose_sources=tuple(cfg.data.prose_sources),
+        text_source=text_source,
+        cache_dir=str(cache_dir()),
+    )
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -299,10 +330,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out prose loss (mean per token) on the stream's evaluation batches."""
+        """Held-out prose loss (mean per token) and, on the built-in corpus, retrieval probes: teacher-forced exact
+        match of each probe's answers (equal to a greedy-decoding hit), at the current training length."""
+        from ..data.stream import answer_accuracy
+
         self.model.eval()
+        seq_len = self.cfg.seq_len_at(max(0, self.step - 1))
         total, count = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        for batch in self.stream.eval_batches(self.cfg.eval_batches, self.cfg.seq_len_at(self.step)):
+        for batch in self.stream.eval_batches(
+            self.cfg.micro_batch_at(self.step), seq_len, num_batches=self.cfg.eval_batches
+        ):
             ids = batch["input_ids"].to(self.device)
             weight = batch["loss_weight"].to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
@@ -310,7 +347,19 @@ class Trainer:
             total += weighted_token_loss(logits, ids, weight)
             count += weight[:, 1:].sum()
         total, count = self.dist.all_reduce_sum(total), self.dist.all_reduce_sum(count)
-        return {"eval_loss": float(total / count.clamp(min=1.0))}
+        out = {"eval_loss": float(total / count.clamp(min=1.0))}
+        if self.cfg.data.source == "builtin":
+            for probe in self.cfg.data.probes:
+                try:
+                    batch = self.stream.eval_batches(min(16, self.cfg.micro_batch_at(self.step)), seq_len, kind=probe)[
+                        0
+                    ]
+                except ValueError:  # the probe needs more tokens than this stage of the curriculum has
+                    continue
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+                    logits = self.model(input_ids=batch["input_ids"].to(self.device), use_cache=False).logits
+                out[f"probe_{probe}"] = 100.0 * answer_accuracy(logits.float(), batch)["exact_match"]
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def _full_state(self):
@@ -450,6 +499,11 @@ class Trainer:
                     record.update(self.evaluate())
                 self.log(record)
                 bar.update(record)
+                if not bar.enabled and self.dist.is_main and (self.step % cfg.log_every == 0 or "eval_loss" in record):
+                    print(
+                        json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()}),
+                        flush=True,
+                    )
                 if self.step < cfg.steps and cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
             if latest_checkpoint(self.out_dir) is None or latest_checkpoint(self.out_dir).name != f"step_{self.step}":
