@@ -5,6 +5,9 @@ longforge demo                     the main job on the embedded default
 longforge import SRC --out DIR     a transformers Qwen3 / Llama directory → a longforge hybrid directory
 longforge train RECIPE [k=v ...]   pre-training / SFT from a YAML recipe
 longforge bench moe                DECO FFN decode latency vs dense
+longforge eval MODEL --suite S     RULER / RULER-lite / NIAH heatmap
+longforge data synth-rl | filter-rl  the long-context RL data recipe
+longforge rl RECIPE [k=v ...]      outcome-based GRPO
 """
 
 from __future__ import annotations
@@ -234,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position-encoding", choices=["rope", "hype"], default=None)
     p.add_argument("--attn-logit-scaling", default=None, help="e.g. 'hype 500'")
     p.set_defaults(func=cmd_import)
+
+    from .data.rl.cli import add_data_parser
+    from .eval.cli import add_eval_parser
+    from .train.grpo_cli import add_rl_parser
+
+    add_eval_parser(sub)  # longforge eval MODEL --suite ruler|ruler-lite|niah
+    add_data_parser(sub)  # longforge data synth-rl | filter-rl
+    add_rl_parser(sub)  # longforge rl RECIPE [k=v ...]
     return parser
 
 

@@ -425,7 +425,7 @@ class GRPOTrainer:
     ``model``/``tokenizer``/``records`` may be given directly instead of through the config."""
 
     def __init__(self, cfg: GRPOConfig, *, model=None, tokenizer=None, records=None, reward_fn=None):
-        from ..data.rl import is_heldout
+        from ..data.rl import is_heldout, task_balanced_sample
         from .trainer import init_distributed
 
         cfg.validate()
@@ -454,7 +454,11 @@ class GRPOTrainer:
         if not self.train_records:
             raise ValueError("every record fell into the held-out split: lower data.eval_fraction or add records")
         self.sampler = TaskBalancedSampler(self.train_records, seed=cfg.seed * 1000 + self.dist.rank)
-        self.eval_subset = self._balanced_subset(self.eval_records, cfg.eval_items, cfg.seed)
+        self.eval_subset = (
+            task_balanced_sample(self.eval_records, min(cfg.eval_items, len(self.eval_records)), cfg.seed)
+            if self.eval_records
+            else []
+        )
         self.reward_fn = reward_fn or self._registry_reward()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
@@ -465,13 +469,6 @@ class GRPOTrainer:
         self._prompt_cache: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ pieces
-    @staticmethod
-    def _balanced_subset(records, n: int, seed: int) -> list:
-        if not records:
-            return []
-        sampler = TaskBalancedSampler(records, seed=seed + 7)
-        return [sampler.next() for _ in range(min(n, len(records)))]
-
     def _registry_reward(self):
         from .rewards import LLMJudge, score
 
