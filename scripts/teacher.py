@@ -36,7 +36,10 @@ def export(run_dir: Path, out_dir: Path, max_shard_size: str = "15MB") -> None:
         if (run_dir / name).is_file():
             shutil.copy(run_dir / name, out_dir / name)
     summary = json.loads((run_dir / "train_summary.json").read_text())
-    plot_curve(summary["history"], out_dir / "loss_curve.png")
+    try:
+        plot_curve(summary["history"], out_dir / "loss_curve.png")
+    except ImportError:  # matplotlib missing on this machine: `card` can draw it later
+        print("matplotlib not installed: no loss_curve.png", file=sys.stderr)
 
 
 def plot_curve(history: list[dict], path: Path) -> None:
