@@ -97,8 +97,29 @@ def card(asset_dir: Path, eval_path: Path | None, commit: str) -> None:
     ]
     if eval_path is not None:
         results = json.loads(eval_path.read_text())
-        lines += ["## RULER (greedy, this repository's offline RULER suite)", ""]
-        lines += [_ruler_table(results), ""]
+        scores = results["scores"]
+        lines += [
+            "## RULER (greedy, longforge's offline RULER suite, "
+            f"{results.get('num_samples')} samples per task and length)",
+            "",
+            _ruler_table(results),
+            "",
+            "Essay haystack = Python documentation and synthetic QA sets (offline), so cwe / fwe / qa scores are not "
+            "comparable with published RULER numbers; this teacher was trained for retrieval (NIAH, VT), not for "
+            "word counting or reading comprehension, and scores ~0 there.",
+            "",
+            "Targets of the teacher (issue: `longforge train` and the embedded teacher):",
+            "",
+            "| target | required | measured |",
+            "|---|---|---|",
+        ]
+        lengths = sorted({int(n) for t in scores for n in scores[t]})
+        for task, need in (("niah_single_1", 95), ("niah_single_2", 85), ("niah_multikey_1", 70), ("vt", 60)):
+            worst = min(scores[task][str(n)] for n in lengths)
+            lines.append(f"| {task} at {', '.join(str(n) for n in lengths)} | ≥ {need} | {worst:.1f} (worst length) |")
+        niah = [t for t in scores if t.startswith("niah_")]
+        at4k = sum(scores[t]["4096"] for t in niah) / len(niah)
+        lines += [f"| NIAH-task average at 4K ({len(niah)} tasks) | ≥ 75 | {at4k:.1f} |", ""]
     lines += ["## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""]
     (asset_dir / "README.md").write_text("\n".join(lines))
 

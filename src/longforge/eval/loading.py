@@ -21,6 +21,18 @@ def register_builtin_model(name: str, locate: Callable[[], str | Path]) -> None:
     BUILTIN_MODELS[name] = lambda: Path(locate())
 
 
+def _register_shipped_models() -> None:
+    """The models shipped in ``longforge/assets`` (the embedded defaults)."""
+    from ..assets import BUILTIN_MODELS as SHIPPED
+    from ..assets import asset_path
+
+    for shipped in SHIPPED:
+        register_builtin_model(shipped, lambda n=shipped: asset_path(n))
+
+
+_register_shipped_models()
+
+
 def resolve_model_path(name_or_path: str | Path) -> Path:
     """A built-in model name or a local model directory → the directory (ValueError if it is neither)."""
     name = str(name_or_path)

@@ -116,7 +116,9 @@ def _load_source(path_or_model) -> tuple[Any, dict[str, torch.Tensor], torch.dty
     if isinstance(path_or_model, torch.nn.Module):
         model = path_or_model
         return model.config, dict(model.state_dict()), next(model.parameters()).dtype
-    path = Path(path_or_model)
+    from ..pretrained import resolve_model_path
+
+    path = resolve_model_path(str(path_or_model)) if not Path(path_or_model).is_dir() else Path(path_or_model)
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is not a transformers model directory (no config.json)")
     cfg = json.loads((path / "config.json").read_text())
