@@ -194,3 +194,50 @@ def test_every_shipped_recipe_validates():
     for path in recipes:
         cfg = load_recipe(TrainConfig, path)
         assert cfg.steps > 0
+
+
+def test_torchrun_fsdp2_trains_checkpoints_and_resumes(tmp_path, tokenizer_dir):
+    """Two CPU processes (gloo) under torchrun: FSDP2-sharded training, a full checkpoint, then a resume."""
+    import os
+    import subprocess
+    import sys
+
+    from longforge.models.pretrained import resolve_model_path  # noqa: F401  (package importable)
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "longforge.cli"]
+    args = [
+        "train",
+        str(Path(__file__).resolve().parents[2] / "recipes" / "train" / "tiny-teacher.yaml"),
+        f"out_dir={tmp_path / 'run'}",
+        "save_every=2",
+        "seq_len=32",
+        "micro_batch_size=2",
+        "seq_len_schedule=[]",
+        f"data.prose_sources={PROSE}",
+        f"model.tokenizer={tokenizer_dir}",
+        "model.config.hidden_size=32",
+        "model.config.intermediate_size=64",
+        "model.config.num_hidden_layers=2",
+        "model.config.num_attention_heads=2",
+        "model.config.num_key_value_heads=1",
+        "model.config.head_dim=16",
+        "eval_every=0",
+        "device=cpu",
+        "tensorboard=false",
+        "data.probes=[]",
+        "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for steps in (3, 5):
+        proc = subprocess.run(
+            torchrun + args + [f"steps={steps}"], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"done: step {steps}" in proc.stdout
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step_5"
+    assert not list(ckpts.glob(".rank*_step_2.pt"))  # pruned with their checkpoint
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ckpts / "step_5" / "model")
+    assert model.config.hidden_size == 32

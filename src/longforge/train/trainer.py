@@ -413,6 +413,8 @@ class Trainer:
             for old in checkpoint_dirs(self.out_dir)[: -max(1, self.cfg.keep_last)]:
                 if old != path:
                     shutil.rmtree(old, ignore_errors=True)
+                    for rank_file in old.parent.glob(f".rank*_{old.name}.pt"):
+                        rank_file.unlink()
         if self.dist.world_size > 1:
             # each rank's data position goes beside the main state
             torch.save(rank_state, self.out_dir / "checkpoints" / f".rank{self.dist.rank}_{name}.pt")
