@@ -130,7 +130,7 @@ def test_unsupported_and_broken_sources(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
     with pytest.raises(ValueError, match="model_type 'gpt2'"):
         from_transformers(tmp_path)
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match="nor a local model directory"):
         from_transformers(tmp_path / "nowhere")
     src = qwen3()
     good = tmp_path / "qwen"
