@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
+from ..utils.io import atomic_write_bytes
 from .scoring import EFFECTIVE_LENGTH_THRESHOLD
 
 
@@ -38,19 +38,9 @@ def parse_lengths(text: str) -> list[int]:
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write ``data`` to ``path`` atomically (``longforge.utils.io.atomic_write_bytes``) and return the path."""
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
+    return Path(path)
 
 
 def _fmt(score: float) -> str:
