@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ...utils.io import atomic_write_text
+from ...utils.progress import progress_bar
 from .records import RLRecord, read_records, write_records
 
 __all__ = ["filter_rl", "pass_rates", "select_by_pass_rate", "task_balanced_sample"]
@@ -104,7 +105,7 @@ def pass_rates(
         raise ValueError(f"rollouts must be >= 2 to tell hard from easy items, got {rollouts}")
     reward = reward or (lambda record, text: score(record, text))
     prompts = [encode_prompt(tokenizer, r.prompt + prompt_suffix, chat_template) for r in records]
-    with _bar(len(records) * rollouts, progress) as advance:
+    with progress_bar("filter-rl rollouts", len(records) * rollouts, progress) as advance:
         outs = sample_completions(
             model,
             tokenizer,
@@ -198,30 +199,3 @@ def filter_rl(
     lines += ["", f"{len(kept)} of {len(records)} items kept, {len(chosen)} written.", ""]
     atomic_write_text(out / "filter_summary.md", "\n".join(lines))
     return summary
-
-
-class _bar:
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("filter-rl rollouts"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self.bar.start()
-        task = self.bar.add_task("", total=self.total)
-        return lambda n: self.bar.update(task, advance=n)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.stop()
-        return False

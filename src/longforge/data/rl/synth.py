@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...utils.io import atomic_write_text
+from ...utils.progress import progress_bar
 from .base import Generator
 from .evidence import CrossEntity, KeyChain, LongDocQA, MultiQuery, WebSearch
 from .fitting import LengthRange, TokenCounter
@@ -217,12 +218,12 @@ def synth_rl(
     t0 = time.time()
     gens = build_generators(tokenizer, max_tokens, min_tokens, seed, sources, list(counts))
     records: dict[str, list[RLRecord]] = {}
-    with _progress(sum(counts.values()), progress) as advance:
+    with progress_bar("synth-rl", sum(counts.values()), progress) as advance:
         for name, n in counts.items():
             records[name] = []
             for i in range(n):
                 records[name].append(gens[name].generate(i))
-                advance(name)
+                advance(1, description=name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
@@ -252,32 +253,3 @@ def synth_rl(
     atomic_write_text(out / "summary.md", _markdown(summary))
     plot_lengths(records, out / "lengths.png", title=f"prompt tokens per item ({summary['tokenizer']})")
     return summary
-
-
-class _progress:
-    """A rich progress bar (items done / total, rate, ETA) or a no-op."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda name: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("synth-rl {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self.bar.start()
-        task = self.bar.add_task("", total=self.total)
-        return lambda name: self.bar.update(task, advance=1, description=name)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.stop()
-        return False
