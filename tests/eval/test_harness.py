@@ -50,8 +50,9 @@ def test_is_greedy_flag(lm):
     context = "The sky is blue. The sun is"
     greedy = greedy_generate(lm.model, lm.tokenizer, [context], 3, add_special_tokens=False)[0]
     ids = lm.tok_encode(context + greedy)[len(lm.tok_encode(context)) :]
-    if lm.tok_encode(context) + ids != lm.tok_encode(context + greedy):  # pragma: no cover - tokenizer merge
-        pytest.skip("the greedy text re-tokenizes differently")
+    # The fixture is deterministic; if the greedy text stopped re-tokenizing to the same ids, the check below would
+    # test nothing, so that is a failure of the set-up rather than a reason to skip.
+    assert lm.tok_encode(context) + ids == lm.tok_encode(context + greedy), "greedy text re-tokenizes differently"
     (_, is_greedy), (_, other) = lm.loglikelihood(
         [_request("loglikelihood", context, greedy), _request("loglikelihood", context, " zzzz qqq")], True
     )

@@ -98,15 +98,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point with the same error convention as ``longforge.cli.main``."""
-    parser = argparse.ArgumentParser(prog="longforge")
-    add_eval_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except ValueError as e:
-        print(f"longforge eval: error: {e}", file=sys.stderr)
-        return 2
+    """``python -m longforge.eval.cli MODEL ...`` (the same as ``longforge eval MODEL ...``)."""
+    from ..cli import main as cli_main  # the one entry point: same parsing and error convention
+
+    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -39,14 +39,9 @@ def add_rl_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m longforge.train.grpo_cli rl RECIPE ...`` (the same verb as ``longforge rl``)."""
-    parser = argparse.ArgumentParser(prog="longforge")
-    add_rl_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as e:
-        print(f"longforge rl: error: {e}", file=sys.stderr)
-        return 2
+    from ..cli import main as cli_main  # the one entry point: same parsing and error convention
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

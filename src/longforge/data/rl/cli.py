@@ -126,14 +126,9 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m longforge.data.rl.cli data synth-rl ...`` (the same verbs as ``longforge data``)."""
-    parser = argparse.ArgumentParser(prog="longforge")
-    add_data_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as e:
-        print(f"longforge data {args.data_verb}: error: {e}", file=sys.stderr)
-        return 2
+    from ...cli import main as cli_main  # the one entry point: same parsing and error convention
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
