@@ -11,9 +11,10 @@ from torch import Tensor
 
 from .._backend import resolve
 from .naive import masked_attention, naive_attention
+from .sdpa import fast_attention
 
-# Fast implementation with naive_attention's signature (SDPA / FlashAttention / FlexAttention); None = none yet.
-_FAST = None
+# Fast implementation with naive_attention's signature (SDPA cuDNN/flash + FlexAttention, see sdpa.py).
+_FAST = fast_attention
 
 
 def attention(

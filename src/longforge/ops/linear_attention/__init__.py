@@ -13,9 +13,11 @@ from .._backend import resolve
 from .naive import alibi_decay, lightning_chunk, lightning_recurrent
 
 # Fast implementations with the signatures of lightning_chunk / lightning_recurrent (fla's chunk_simple_gla /
-# fused_recurrent_simple_gla with g_gamma); None = none yet. Both count as op "lightning" for the seam.
-_FAST_CHUNK = None
-_FAST_RECURRENT = None
+# fused_recurrent_simple_gla with g_gamma, see fla.py). Both count as op "lightning" for the seam.
+from .fla import fla_chunk, fla_recurrent  # fla itself is imported lazily, at the first call
+
+_FAST_CHUNK = fla_chunk
+_FAST_RECURRENT = fla_recurrent
 
 MODES = ("auto", "chunk", "recurrent")
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 from torch import Tensor
 
 from .._backend import resolve
+from .fast import fast_sparse_attention
 from .naive import compress_keys, naive_sparse_attention, num_compressed, select_blocks, selected_blocks
 
-# Fast implementation with naive_sparse_attention's signature (infllmv2 CUDA kernels / FlexAttention); None = none yet.
-_FAST = None
+# Fast implementation with naive_sparse_attention's signature (GPU selection + Triton kernel, see fast.py;
+# triton is imported lazily, at the first sparse call on CUDA).
+_FAST = fast_sparse_attention
 
 
 def sparse_attention(

@@ -1,0 +1,136 @@
+"""Lightning attention on CUDA through flash-linear-attention (fla 0.6): ``simple_gla`` with a constant ``g_gamma``.
+
+``fla_chunk`` wraps ``fla.ops.simple_gla.chunk_simple_gla`` (prefill / training) and ``fla_recurrent`` wraps
+``fla.ops.simple_gla.fused_recurrent_simple_gla`` (decode). Both keep the signatures of the references
+``lightning_chunk`` / ``lightning_recurrent`` and compute the same recurrence
+``S_t = exp(g_h) S_{t-1} + k_t^T v_t``, ``o_t = scale * q_t S_t`` with states ``[B, H, K, V]`` in fp32.
+
+fla is imported lazily, on the first call (``import longforge`` must work without it, e.g. on the CPU install).
+
+Explicit fallbacks to the reference (same result, slower), each for a stated reason:
+    - tensors not on CUDA (fla's kernels are Triton GPU kernels);
+    - fla is not installed;
+    - ``g_gamma`` requires a gradient (fla returns no gradient for ``g_gamma``);
+    - a head dim above 256 (fla's kernels tile K and V up to 256).
+``chunk_size`` only changes the reference's summation order, not the result, so fla keeps its own chunk
+length (64); the argument is still validated like the reference does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+from torch import Tensor
+
+from ..attention.naive import resolve_scale
+from .naive import _check_inputs, lightning_chunk, lightning_recurrent
+
+_MAX_HEAD_DIM = 256
+_fla_ops = None  # (chunk_simple_gla, fused_recurrent_simple_gla) once imported; False when unavailable
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+def _load_fla():
+    """Import fla's two simple_gla entry points, or return None when fla is not installed."""
+    global _fla_ops
+    if _fla_ops is None:
+        try:
+            chunk_mod = importlib.import_module("fla.ops.simple_gla.chunk")
+            rec_mod = importlib.import_module("fla.ops.simple_gla.fused_recurrent")
+            _fla_ops = (chunk_mod.chunk_simple_gla, rec_mod.fused_recurrent_simple_gla)
+        except ImportError:
+            _fla_ops = False
+    return _fla_ops or None
+
+
+def fla_unsupported_reason(q: Tensor, v: Tensor, g_gamma: Tensor) -> str | None:
+    """Why fla cannot run this call (then the reference runs), or None when it can."""
+    if q.device.type != "cuda":
+        return f"tensors are on {q.device.type}, fla's kernels need CUDA"
+    if g_gamma.requires_grad:
+        return "g_gamma requires a gradient, which fla does not compute"
+    if q.shape[-1] > _MAX_HEAD_DIM or v.shape[-1] > _MAX_HEAD_DIM:
+        return f"head dims K={q.shape[-1]}, V={v.shape[-1]} exceed fla's {_MAX_HEAD_DIM}"
+    if _load_fla() is None:
+        return "fla (flash-linear-attention) is not installed"
+    return None
+
+
+def _prepare(q, k, v, g_gamma, scale, initial_state):
+    B, T, H, K, V = _check_inputs(q, k, v, g_gamma, initial_state)
+    scale = resolve_scale(scale, K)
+    g = g_gamma.detach().to(device=q.device, dtype=torch.float32).contiguous()
+    h0 = None if initial_state is None else initial_state.to(device=q.device, dtype=torch.float32)
+    return B, T, H, K, V, scale, g, h0
+
+
+def _finish(o: Tensor, ht: Tensor | None, q: Tensor, output_final_state: bool):
+    if ht is not None:
+        ht = ht.float()
+    return o.to(q.dtype), (ht if output_final_state else None)
+
+
+def fla_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g_gamma: Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor | None]:
+    """``lightning_chunk`` through fla's ``chunk_simple_gla(q, k, v, g_gamma=g_gamma, ...)``; same signature."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    kwargs = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state)
+    B, T, H, K, V, scale, g, h0 = _prepare(q, k, v, g_gamma, scale, initial_state)
+    reason = fla_unsupported_reason(q, v, g_gamma)
+    if reason is not None:
+        _warn_once("chunk:" + reason, f"lightning fast path: {reason}; running the reference lightning_chunk")
+        return lightning_chunk(q, k, v, g_gamma, chunk_size=chunk_size, **kwargs)
+    if T == 0:
+        return lightning_chunk(q, k, v, g_gamma, chunk_size=chunk_size, **kwargs)
+    chunk_simple_gla = _load_fla()[0]
+    o, ht = chunk_simple_gla(
+        q, k, v, g_gamma=g, scale=scale, initial_state=h0, output_final_state=output_final_state,
+    )
+    return _finish(o, ht, q, output_final_state)
+
+
+def fla_recurrent(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g_gamma: Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """``lightning_recurrent`` through fla's ``fused_recurrent_simple_gla(q, k, v, g_gamma=g_gamma, ...)``."""
+    kwargs = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state)
+    B, T, H, K, V, scale, g, h0 = _prepare(q, k, v, g_gamma, scale, initial_state)
+    reason = fla_unsupported_reason(q, v, g_gamma)
+    if reason is not None:
+        _warn_once("rec:" + reason, f"lightning fast path: {reason}; running the reference lightning_recurrent")
+        return lightning_recurrent(q, k, v, g_gamma, **kwargs)
+    if T == 0:
+        return lightning_recurrent(q, k, v, g_gamma, **kwargs)
+    fused_recurrent_simple_gla = _load_fla()[1]
+    o, ht = fused_recurrent_simple_gla(
+        q, k, v, g_gamma=g, scale=scale, initial_state=h0, output_final_state=output_final_state,
+    )
+    return _finish(o, ht, q, output_final_state)
+
+
+__all__ = ["fla_chunk", "fla_recurrent", "fla_unsupported_reason"]

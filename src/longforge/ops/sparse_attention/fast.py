@@ -1,0 +1,224 @@
+"""InfLLM-V2 sparse attention fast path: GPU block selection to per-token block lists + a Triton block-sparse kernel.
+
+``fast_sparse_attention`` has ``naive_sparse_attention``'s signature and result:
+
+1. Dense switch, per query (as the reference): queries with ``t + 1 < dense_len`` form a prefix of the query
+   range; they run dense causal attention through ``ops.attention``'s seam (SDPA on CUDA) over keys ``0..t``.
+2. The remaining (sparse) queries get their blocks from ``select_block_indices``: the same compressed-key scores as
+   ``select_blocks`` (per-head softmax over visible compressed keys, summed over the GQA group, max-pooled onto
+   blocks), computed C queries at a time so memory stays bounded (never ``[Tq, Tk]``), then init + local blocks
+   plus the ``topk`` best remaining ones. Top-k uses an exact int64 key (score bits, then the reversed block id),
+   so ties go to the lower block exactly like the reference's stable sort. Output: ``idx [B, Hkv, Tq, S]`` int32
+   (valid ids first, ascending) and ``cnt [B, Hkv, Tq]``.
+3. ``triton_kernel.triton_sparse_attention`` attends each token over its own blocks (forward and backward).
+
+Explicit fallbacks to ``naive_sparse_attention`` (same result), with a one-time warning naming the reason:
+tensors not on CUDA (unless ``LONGFORGE_SPARSE_TRITON_INTERPRET=1`` and ``TRITON_INTERPRET=1``, used by the CPU
+test), triton missing, q/k/v of different dtypes, or a head dim above 256.
+The one-token decode path is the same code: one query, its blocks chosen from the cached ``compressed_k``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import torch
+from torch import Tensor
+
+from ..attention.naive import masked_softmax, resolve_scale
+from .naive import (
+    _block_scores,
+    _check_selection_args,
+    _check_sparse_inputs,
+    compress_keys,
+    naive_sparse_attention,
+)
+
+# One chunk's [B, H, C, Nc] fp32 logits (plus a few temporaries of that size) stay under this many elements.
+_SELECT_ELEMENTS = 2**27
+_MAX_SELECT_CHUNK = 4096
+_MAX_HEAD_DIM = 256
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def selection_chunk_size(batch: int, num_heads: int, width: int) -> int:
+    """Queries per selection chunk so that ``[batch, num_heads, chunk, width]`` fp32 stays bounded."""
+    return max(1, min(_MAX_SELECT_CHUNK, _SELECT_ELEMENTS // max(1, batch * num_heads * width)))
+
+
+def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kernel_stride, topk, init_blocks,
+                          window_size, scale):
+    """One chunk: q ``[B, C, H, D]``, kc ``[B, Nc, Hkv, D]`` fp32, pos ``[C]`` -> idx ``[B, Hkv, C, S]`` (-1 = none)."""
+    B, C, H, D = q.shape
+    Nc, Hkv = kc.shape[1], kc.shape[2]
+    G = H // Hkv
+    dev = q.device
+    blk = torch.arange(num_blocks, device=dev)
+    b_t = (pos // block_size)[:, None]  # [C, 1]
+    n_local = math.ceil(window_size / block_size)
+    past = blk <= b_t  # [C, NB]
+    forced = past & ((blk < init_blocks) | (blk > b_t - n_local))
+    candidate = past & ~forced  # [C, NB]
+    parts = []
+    # Forced blocks as explicit ids: init 0..init-1 (if past), then local ones not already init.
+    n_init = min(init_blocks, num_blocks)
+    if n_init:
+        init = torch.arange(n_init, device=dev)[None, :].expand(C, n_init)
+        parts.append(torch.where(init <= b_t, init, -1))
+    n_loc = min(n_local, num_blocks)
+    if n_loc:
+        local = b_t - n_loc + 1 + torch.arange(n_loc, device=dev)[None, :]  # [C, n_loc]
+        parts.append(torch.where((local >= 0) & (local >= init_blocks), local, -1))
+    forced_ids = torch.cat(parts, dim=-1) if parts else torch.empty(C, 0, dtype=torch.long, device=dev)
+    forced_ids = forced_ids[None, None].expand(B, Hkv, C, forced_ids.shape[-1])
+    k_eff = min(topk, num_blocks)
+    if k_eff == 0 or not bool(candidate.any()):
+        return forced_ids
+    # Compressed-key scores, exactly the reference's formula (select_blocks / _select_chunk).
+    window_end = torch.arange(Nc, device=dev) * kernel_stride + kernel_size - 1
+    visible = window_end <= pos[:, None]  # [C, Nc]
+    qg = q.float().reshape(B, C, Hkv, G, D).permute(0, 2, 3, 1, 4)  # [B, Hkv, G, C, D]
+    logits = (qg @ kc.permute(0, 2, 3, 1).unsqueeze(2)) * scale  # [B, Hkv, G, C, Nc]
+    shared = masked_softmax(logits, visible[None, None, None]).sum(dim=2)  # [B, Hkv, C, Nc]
+    del logits
+    scores = _block_scores(shared, num_blocks, block_size, kernel_stride) + 0.0  # [B, Hkv, C, NB], >= +0.0
+    # Exact top-k with the reference's tie rule: for non-negative floats the int32 bit pattern is monotonic, so
+    # (bits << 32) | (NB - 1 - block) orders by score, then by lower block.
+    key = (scores.view(torch.int32).long() << 32) | (num_blocks - 1 - blk)
+    key = key.masked_fill(~candidate[None, None], -1)
+    top = key.topk(k_eff, dim=-1, sorted=False).values
+    top_ids = torch.where(top >= 0, num_blocks - 1 - (top & 0xFFFFFFFF), -1)
+    return torch.cat([forced_ids, top_ids], dim=-1)
+
+
+def select_block_indices(
+    q: Tensor,
+    kc: Tensor,
+    *,
+    num_keys: int,
+    block_size: int = 64,
+    kernel_size: int = 32,
+    kernel_stride: int = 16,
+    topk: int = 64,
+    init_blocks: int = 1,
+    window_size: int = 2048,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-token selected blocks of the queries ``q`` (the last Tq of ``num_keys`` positions), no dense switch.
+
+    Same selection as ``select_blocks`` (init U local U top-k, ties to the lower block), as index lists.
+
+    Args:
+        q: ``[B, Tq, H, D]``.
+        kc: ``[B, Nc, Hkv, D]`` compressed keys of the ``num_keys`` keys.
+        num_keys: Tk.
+
+    Returns:
+        ``idx [B, Hkv, Tq, S]`` int32 (valid ids first, ascending; then -1) and ``cnt [B, Hkv, Tq]`` int32.
+    """
+    _check_selection_args(block_size, kernel_size, kernel_stride, topk, init_blocks, window_size)
+    B, Tq, H, D = q.shape
+    Hkv = kc.shape[2]
+    scale = resolve_scale(scale, D)
+    num_blocks = math.ceil(num_keys / block_size)
+    step = selection_chunk_size(B, H, max(kc.shape[1], num_blocks, 1))
+    kcf = kc.detach().float()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, Tq, step):
+            qc = q[:, start : start + step].detach()
+            pos = torch.arange(start, start + qc.shape[1], device=q.device) + (num_keys - Tq)
+            outs.append(_select_chunk_indices(qc, kcf, pos, num_blocks, block_size, kernel_size, kernel_stride,
+                                              topk, init_blocks, window_size, scale))
+        if not outs:
+            return (torch.zeros(B, Hkv, 0, 1, dtype=torch.int32, device=q.device),
+                    torch.zeros(B, Hkv, 0, dtype=torch.int32, device=q.device))
+        width = max(o.shape[-1] for o in outs)
+        idx = torch.cat([torch.nn.functional.pad(o, (0, width - o.shape[-1]), value=-1) for o in outs], dim=2)
+        if idx.shape[-1] == 0:
+            idx = idx.new_full((B, Hkv, Tq, 1), -1)
+        # Valid ids first, ascending (ascending ids read memory in order); -1 -> sorted to the end.
+        big = torch.iinfo(torch.int32).max
+        idx = torch.where(idx >= 0, idx, big).to(torch.int32).sort(dim=-1).values
+        cnt = (idx != big).sum(-1, dtype=torch.int32)
+        idx = torch.where(idx == big, -1, idx).contiguous()
+    return idx, cnt.contiguous()
+
+
+def _fallback_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
+    interpret = os.environ.get("LONGFORGE_SPARSE_TRITON_INTERPRET") == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+    if q.device.type != "cuda" and not interpret:
+        return f"tensors are on {q.device.type}, the Triton kernel needs CUDA"
+    if not (q.dtype == k.dtype == v.dtype):
+        return f"q, k, v have different dtypes ({q.dtype}, {k.dtype}, {v.dtype})"
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"dtype {q.dtype} is not supported by the Triton kernel"
+    if q.shape[-1] > _MAX_HEAD_DIM or v.shape[-1] > _MAX_HEAD_DIM:
+        return f"head dims above {_MAX_HEAD_DIM}"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    return None
+
+
+def fast_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    compressed_k: Tensor | None = None,
+    block_size: int = 64,
+    kernel_size: int = 32,
+    kernel_stride: int = 16,
+    topk: int = 64,
+    init_blocks: int = 1,
+    window_size: int = 2048,
+    dense_len: int = 8192,
+    scale: float | None = None,
+) -> Tensor:
+    """``naive_sparse_attention`` on the GPU (same signature and result; see the module docstring)."""
+    kwargs = dict(compressed_k=compressed_k, block_size=block_size, kernel_size=kernel_size,
+                  kernel_stride=kernel_stride, topk=topk, init_blocks=init_blocks, window_size=window_size,
+                  dense_len=dense_len, scale=scale)
+    _check_selection_args(block_size, kernel_size, kernel_stride, topk, init_blocks, window_size)
+    _check_sparse_inputs(q, k, v, compressed_k, dense_len, kernel_size, kernel_stride)
+    reason = _fallback_reason(q, k, v)
+    if reason is not None:
+        _warn_once(f"sparse_attention fast path: {reason}; running the reference naive_sparse_attention")
+        return naive_sparse_attention(q, k, v, **kwargs)
+    B, Tq, H, D = q.shape
+    Tk = k.shape[1]
+    scale = resolve_scale(scale, D)
+    offset = Tk - Tq
+    # Step 1: queries i < n_dense (t + 1 < dense_len) are dense.
+    n_dense = min(Tq, max(0, dense_len - 1 - offset)) if dense_len > 0 else 0
+    outs = []
+    if n_dense:
+        from ..attention import attention  # the seam: SDPA on CUDA
+
+        end = offset + n_dense
+        outs.append(attention(q[:, :n_dense], k[:, :end], v[:, :end], scale=scale, causal=True))
+    if n_dense < Tq:
+        from .triton_kernel import triton_sparse_attention
+
+        qs = q[:, n_dense:]
+        kc = compress_keys(k.detach(), kernel_size, kernel_stride) if compressed_k is None else compressed_k
+        idx, cnt = select_block_indices(qs, kc, num_keys=Tk, block_size=block_size, kernel_size=kernel_size,
+                                        kernel_stride=kernel_stride, topk=topk, init_blocks=init_blocks,
+                                        window_size=window_size, scale=scale)
+        outs.append(triton_sparse_attention(qs, k, v, idx, cnt, scale, block_size))
+    if not outs:
+        return q.new_zeros(B, 0, H, v.shape[-1])
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+__all__ = ["fast_sparse_attention", "select_block_indices", "selection_chunk_size"]

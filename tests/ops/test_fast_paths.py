@@ -1,0 +1,290 @@
+"""Fast paths of the attention ops against their fp32 references, forward and backward.
+
+GPU tests (``@pytest.mark.gpu``, skipped without CUDA) cover every fast path in bf16 and fp32 on awkward shapes.
+The CPU tests cover what runs without a GPU: SDPA/chunked attention and FlexAttention (eager, forward) on CPU,
+the sparse block selection, the Triton sparse kernel under ``TRITON_INTERPRET=1`` (skipped without triton),
+and the explicit fallback of the fla wrapper.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from longforge.ops.attention import attention, naive_attention
+from longforge.ops.attention.flex import flex_attention_masked
+from longforge.ops.attention.sdpa import fast_attention
+from longforge.ops.linear_attention import alibi_decay, lightning_attention, lightning_chunk, lightning_recurrent
+from longforge.ops.linear_attention.fla import fla_chunk
+from longforge.ops.sparse_attention import naive_sparse_attention, selected_blocks, sparse_attention
+from longforge.ops.sparse_attention.fast import fast_sparse_attention, select_block_indices
+from longforge.ops.sparse_attention.naive import compress_keys
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+gpu = pytest.mark.gpu
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max(|b|, 1e-6), both in fp32."""
+    a, b = a.float(), b.float()
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-6)).item()
+
+
+def _tol(dtype) -> float:
+    return 2e-2 if dtype != torch.float32 else 2e-3
+
+
+def _leaves(*shapes, dtype, device, gen):
+    return [torch.randn(*s, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype).requires_grad_()
+            for s in shapes]
+
+
+def _fwd_bwd(fn, leaves, **kw):
+    for x in leaves:
+        x.grad = None
+    out = fn(*leaves, **kw)
+    o = out[0] if isinstance(out, tuple) else out
+    torch.manual_seed(1)
+    g = torch.randn(o.shape, dtype=torch.float32).to(o)
+    loss = (o.float() * g.float()).sum()
+    if isinstance(out, tuple) and out[1] is not None:
+        loss = loss + out[1].float().sum() * 1e-2
+    loss.backward()
+    return out, [x.grad.clone() for x in leaves]
+
+
+def _compare(fast_out, fast_grads, ref_out, ref_grads, tol):
+    fo = fast_out[0] if isinstance(fast_out, tuple) else fast_out
+    ro = ref_out[0] if isinstance(ref_out, tuple) else ref_out
+    assert fo.dtype == ro.dtype and fo.shape == ro.shape
+    assert not torch.isnan(fo).any()
+    assert _rel_err(fo, ro) < tol, ("output", _rel_err(fo, ro))
+    if isinstance(fast_out, tuple) and fast_out[1] is not None:
+        assert fast_out[1].dtype == torch.float32
+        assert _rel_err(fast_out[1], ref_out[1]) < tol, ("state", _rel_err(fast_out[1], ref_out[1]))
+    for i, (a, b) in enumerate(zip(fast_grads, ref_grads)):
+        assert not torch.isnan(a).any(), f"grad {i} has NaN"
+        assert _rel_err(a, b) < 2 * tol, (f"grad {i}", _rel_err(a, b))
+
+
+# ---------------------------------------------------------------- attention
+
+ATTN_CASES = [
+    # B, Tq, Tk, H, Hkv, D, Dv, causal, window, padded
+    (2, 77, 77, 4, 2, 64, 64, True, None, False),  # plain causal, GQA 2
+    (1, 50, 300, 8, 1, 64, 64, True, None, False),  # causal, Tq < Tk, GQA 8
+    (2, 1, 333, 4, 2, 64, 64, True, None, False),  # decode
+    (2, 1, 333, 4, 2, 64, 64, True, 100, True),  # decode with window and padding
+    (1, 200, 200, 4, 4, 64, 64, True, 70, False),  # sliding window
+    (2, 130, 260, 4, 2, 64, 64, True, 64, True),  # sliding, Tq < Tk, padding
+    (2, 90, 90, 4, 2, 64, 64, True, None, True),  # left padding, rows with no visible key
+    (2, 40, 60, 4, 2, 64, 32, False, None, True),  # bidirectional with padding, Dv != D
+]
+
+
+def _attn_case(case, dtype, device):
+    B, Tq, Tk, H, Hkv, D, Dv, causal, window, padded = case
+    gen = torch.Generator().manual_seed(hash(case) % 2**31)
+    leaves = _leaves((B, Tq, H, D), (B, Tk, Hkv, D), (B, Tk, Hkv, Dv), dtype=dtype, device=device, gen=gen)
+    pad = None
+    if padded:
+        pad = torch.ones(B, Tk, dtype=torch.bool)
+        pad[0, : Tk // 2 + 3] = False  # left padding: the first queries of row 0 see nothing
+        pad[-1, torch.randperm(Tk, generator=gen)[: Tk // 5]] = False
+        pad = pad.to(device)
+    return leaves, dict(causal=causal, window=window, key_padding_mask=pad)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("case", ATTN_CASES)
+def test_attention_fast_matches_reference_gpu(case, dtype, monkeypatch):
+    monkeypatch.delenv("LONGFORGE_BACKEND_ATTENTION", raising=False)
+    leaves, kw = _attn_case(case, dtype, "cuda")
+    fast = _fwd_bwd(attention, leaves, **kw)  # the seam picks the fast path on CUDA
+    ref = _fwd_bwd(naive_attention, leaves, **kw)
+    _compare(*fast, *ref, _tol(dtype))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_attention_flex_path_gpu(dtype):
+    """FlexAttention itself (compiled) on the masked cases, forward and backward."""
+    for case in ATTN_CASES[4:7]:
+        leaves, kw = _attn_case(case, dtype, "cuda")
+        fn = lambda q, k, v, **kw: flex_attention_masked(q, k, v, scale=q.shape[-1] ** -0.5, **kw)  # noqa: E731
+        _compare(*_fwd_bwd(fn, leaves, **kw), *_fwd_bwd(naive_attention, leaves, **kw), _tol(dtype))
+
+
+@pytest.mark.parametrize("case", [ATTN_CASES[i] for i in (3, 5, 7)])
+def test_attention_fast_on_cpu(case):
+    """The SDPA / chunked-mask path on CPU (forward and backward) and FlexAttention eager (forward)."""
+    leaves, kw = _attn_case(case, torch.float32, "cpu")
+    _compare(*_fwd_bwd(fast_attention, leaves, **kw), *_fwd_bwd(naive_attention, leaves, **kw), 1e-5)
+    q, k, v = (x.detach() for x in leaves)
+    flex = flex_attention_masked(q, k, v, scale=q.shape[-1] ** -0.5, **kw, compiled=False)
+    assert _rel_err(flex, naive_attention(q, k, v, **kw)) < 1e-5
+
+
+def test_attention_fast_rejects_bad_input():
+    q = torch.randn(1, 4, 2, 8)
+    with pytest.raises(ValueError, match="window"):
+        fast_attention(q, q, q, window=0)
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        fast_attention(q, q, q, key_padding_mask=torch.ones(1, 3, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------- lightning
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("B,T,H,K,V", [(2, 100, 4, 64, 64), (1, 257, 2, 128, 64), (2, 1, 4, 64, 128)])
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+def test_lightning_fla_matches_reference_gpu(B, T, H, K, V, dtype, mode, monkeypatch):
+    if importlib.util.find_spec("fla") is None:
+        pytest.skip("fla not installed")
+    monkeypatch.delenv("LONGFORGE_BACKEND_LIGHTNING", raising=False)
+    if mode == "recurrent" and T > 64:
+        T = 64  # the reference recurrence is a Python loop
+    gen = torch.Generator().manual_seed(T * 7 + K)
+    q, k, v = _leaves((B, T, H, K), (B, T, H, K), (B, T, H, V), dtype=dtype, device="cuda", gen=gen)
+    h0 = (torch.randn(B, H, K, V, generator=gen) * 0.1).cuda().requires_grad_()
+    g = alibi_decay(H, device="cuda")
+    kw = dict(scale=0.1, initial_state=h0, output_final_state=True)
+
+    def fast(q, k, v, h0):
+        return lightning_attention(q, k, v, g, mode=mode, **{**kw, "initial_state": h0})
+
+    ref_fn = lightning_chunk if mode == "chunk" else lightning_recurrent
+
+    def ref(q, k, v, h0):
+        return ref_fn(q, k, v, g, **{**kw, "initial_state": h0})
+
+    _compare(*_fwd_bwd(fast, [q, k, v, h0]), *_fwd_bwd(ref, [q, k, v, h0]), 2 * _tol(dtype))
+
+
+def test_lightning_fla_falls_back_explicitly_on_cpu():
+    q, k, v = (torch.randn(1, 10, 2, 8) for _ in range(3))
+    g = alibi_decay(2)
+    with pytest.warns(UserWarning, match="running the reference"):
+        o, s = fla_chunk(q, k, v, g, output_final_state=True)
+    o_ref, s_ref = lightning_chunk(q, k, v, g, output_final_state=True)
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(s, s_ref)
+
+
+# ---------------------------------------------------------------- sparse attention
+
+SPARSE_CFG = dict(block_size=16, kernel_size=8, kernel_stride=4, topk=3, init_blocks=1, window_size=24)
+SPARSE_CASES = [
+    # B, Tq, Tk, H, Hkv, D, dense_len
+    (1, 300, 300, 4, 2, 64, 100),  # dense prefix then sparse, T not a multiple of the block
+    (2, 77, 400, 8, 2, 64, 0),  # always sparse, Tq < Tk, GQA 4
+    (1, 1, 517, 4, 1, 128, 64),  # decode, GQA 4
+    (1, 150, 150, 2, 2, 32, 1000),  # all dense (switch)
+]
+
+
+def _sparse_case(case, dtype, device):
+    B, Tq, Tk, H, Hkv, D, dense_len = case
+    gen = torch.Generator().manual_seed(sum(case))
+    leaves = _leaves((B, Tq, H, D), (B, Tk, Hkv, D), (B, Tk, Hkv, D), dtype=dtype, device=device, gen=gen)
+    return leaves, dict(SPARSE_CFG, dense_len=dense_len)
+
+
+def _assert_selection_equal(q, k, cfg):
+    """The fast index lists select exactly the reference's blocks (dense switch off)."""
+    cfg = {**cfg, "dense_len": 0}
+    ref = selected_blocks(q, k, **cfg)  # [B, Hkv, Tq, NB]
+    kc = compress_keys(k, cfg["kernel_size"], cfg["kernel_stride"])
+    sel = {key: cfg[key] for key in ("block_size", "kernel_size", "kernel_stride", "topk", "init_blocks", "window_size")}
+    idx, cnt = select_block_indices(q, kc, num_keys=k.shape[1], **sel)
+    mask = torch.zeros(ref.shape[:-1] + (ref.shape[-1] + 1,), dtype=torch.bool, device=q.device)
+    mask.scatter_(-1, torch.where(idx >= 0, idx, ref.shape[-1]).long(), True)
+    assert torch.equal(mask[..., :-1], ref)
+    assert torch.equal(cnt, ref.sum(-1).int())
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("case", SPARSE_CASES)
+def test_sparse_fast_matches_reference_gpu(case, dtype, monkeypatch):
+    monkeypatch.delenv("LONGFORGE_BACKEND_SPARSE_ATTENTION", raising=False)
+    leaves, cfg = _sparse_case(case, dtype, "cuda")
+    fast = _fwd_bwd(sparse_attention, leaves, **cfg)
+    ref = _fwd_bwd(naive_sparse_attention, leaves, **cfg)
+    _compare(*fast, *ref, _tol(dtype))
+    if dtype == torch.float32:
+        _assert_selection_equal(leaves[0].detach(), leaves[1].detach(), cfg)
+
+
+@gpu
+def test_sparse_decode_with_cached_compressed_keys_gpu():
+    """One query against a long cache, compressed keys passed in (as the cache does), SALA-like block sizes."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (x.detach() for x in _leaves((1, 1, 16, 128), (1, 9000, 2, 128), (1, 9000, 2, 128),
+                                           dtype=torch.bfloat16, device="cuda", gen=gen))
+    cfg = dict(block_size=64, kernel_size=32, kernel_stride=16, topk=16, init_blocks=1, window_size=512,
+               dense_len=8192)
+    kc = compress_keys(k, 32, 16)
+    fast = fast_sparse_attention(q, k, v, compressed_k=kc, **cfg)
+    ref = naive_sparse_attention(q, k, v, compressed_k=kc, **cfg)
+    assert _rel_err(fast, ref) < 2e-2
+
+
+def test_sparse_selection_indices_on_cpu():
+    for case in SPARSE_CASES[:3]:
+        (q, k, _), cfg = _sparse_case(case, torch.float32, "cpu")
+        _assert_selection_equal(q.detach(), k.detach(), cfg)
+
+
+_INTERPRET_SCRIPT = r"""
+import torch
+from longforge.ops.sparse_attention.fast import fast_sparse_attention
+from longforge.ops.sparse_attention.naive import naive_sparse_attention
+cfg = dict(block_size=8, kernel_size=4, kernel_stride=2, topk=1, init_blocks=1, window_size=8, dense_len=27)
+for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 5e-3)):  # the interpreter has no bf16 dot
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(*s, generator=g).to(dtype).requires_grad_() for s in ((1, 3, 2, 16), (1, 29, 1, 16), (1, 29, 1, 16)))
+    grad = torch.randn(1, 3, 2, 16, generator=g).to(dtype)
+    res = []
+    for fn in (fast_sparse_attention, naive_sparse_attention):
+        for x in (q, k, v):
+            x.grad = None
+        o = fn(q, k, v, **cfg)
+        o.backward(grad)
+        res.append([o.detach().float()] + [x.grad.float() for x in (q, k, v)])
+    for a, b in zip(*res):
+        err = ((a - b).abs().max() / b.abs().max()).item()
+        assert err < tol, (dtype, err)
+print("interpreted sparse kernel ok")
+"""
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_sparse_triton_kernel_interpreted_on_cpu():
+    """The Triton kernel (forward + backward) under TRITON_INTERPRET=1, in a fresh process (the flag is read when
+    triton is imported)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1", LONGFORGE_SPARSE_TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", _INTERPRET_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "interpreted sparse kernel ok" in done.stdout
+
+
+def test_sparse_fast_falls_back_explicitly_on_cpu(monkeypatch):
+    monkeypatch.delenv("LONGFORGE_SPARSE_TRITON_INTERPRET", raising=False)
+    (q, k, v), cfg = _sparse_case(SPARSE_CASES[1], torch.float32, "cpu")
+    with pytest.warns(UserWarning, match="running the reference"):
+        out = fast_sparse_attention(q.detach(), k.detach(), v.detach(), **cfg)
+    torch.testing.assert_close(out, naive_sparse_attention(q.detach(), k.detach(), v.detach(), **cfg))
+    assert math.isfinite(out.abs().sum().item())
