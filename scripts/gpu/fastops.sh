@@ -6,12 +6,15 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=$PWD/src:/tmp/site:${PYTHONPATH:-} LONGFORGE_CACHE=/tmp/lfcache
 OUTDIR=${OUT:-/tmp/out}/fastops
 mkdir -p "$OUTDIR"
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv > "$OUTDIR/gpu.txt" 2>&1 || true
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>&1 | tail -n 2
 
-echo "== fastops: GPU tests"
-timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/models/test_gpu.py -x --durations=10 \
+echo "== fastops: GPU tests (fast paths first, then the other GPU tests of tests/ops and the model)"
+timeout 270 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_paths.py --durations=10 \
   > "$OUTDIR/tests.log" 2>&1
-echo "tests rc=$? (log: fastops/tests.log)"; tail -n 5 "$OUTDIR/tests.log"
+echo "fast-path tests rc=$? (log: fastops/tests.log)"; tail -n 8 "$OUTDIR/tests.log"
+timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/models/test_gpu.py \
+  --deselect tests/ops/test_fast_paths.py >> "$OUTDIR/tests.log" 2>&1
+echo "other GPU tests rc=$?"; tail -n 4 "$OUTDIR/tests.log"
 
 echo "== fastops: timing"
 cat > /tmp/fastops_bench.py <<'PY'
@@ -27,12 +30,20 @@ from longforge.ops.sparse_attention.fast import fast_sparse_attention, select_bl
 from longforge.ops.sparse_attention.naive import compress_keys
 from longforge.ops.sparse_attention.triton_kernel import triton_sparse_attention
 
-dev = "cuda"
-dt = torch.bfloat16
+# FASTOPS_SMALL=1: a CPU smoke run of this script's plumbing with tiny lengths (not a benchmark).
+SMALL = os.environ.get("FASTOPS_SMALL") == "1"
+dev = "cpu" if SMALL else "cuda"
+dt = torch.float32 if SMALL else torch.bfloat16
+LENS = (256, 512) if SMALL else (32768, 131072)
 rows = []
 
 
 def timed(fn, reps=5, warmup=2):
+    if SMALL:
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -60,7 +71,8 @@ def guard(name, fn):
         rows.append({"what": name, "error": f"{type(err).__name__}: {err}"[:300]})
         print(name, "FAILED", err, flush=True)
         traceback.print_exc()
-    torch.cuda.empty_cache()
+    if not SMALL:
+        torch.cuda.empty_cache()
 
 
 H, HKV, D = 32, 2, 128  # SALA's sparse layers
@@ -69,28 +81,34 @@ SALA = dict(block_size=64, kernel_size=32, kernel_stride=16, topk=64, init_block
 def rnd(*s):
     return torch.randn(*s, device=dev, dtype=dt)
 
-for T in (32768, 131072):
+for T in LENS:
     def dense_and_sparse(T=T):
         q, k, v = rnd(1, T, H, D), rnd(1, T, HKV, D), rnd(1, T, HKV, D)
         causal_flops = 4 * T * T / 2 * H * D
         record("dense causal SDPA cuDNN (32q/2kv/128)", T, timed(lambda: sdpa(q, k, v, scale=D**-0.5, is_causal=True)), causal_flops)
         kc = compress_keys(k, 32, 16)
-        t_sel = timed(lambda: select_block_indices(q, kc, num_keys=T, block_size=64, kernel_size=32,
-                                                   kernel_stride=16, topk=64, init_blocks=1, window_size=2048), reps=2, warmup=1)
-        record("sparse selection (torch, chunked)", T, t_sel)
-        idx, cnt = select_block_indices(q, kc, num_keys=T, block_size=64, kernel_size=32, kernel_stride=16, topk=64,
-                                        init_blocks=1, window_size=2048)
+        sel = dict(num_keys=T, block_size=64, kernel_size=32, kernel_stride=16, topk=64, init_blocks=1, window_size=2048)
+        for mode, label in (("triton", "Triton tf32x3 (default)"), ("triton-lowp", "Triton bf16 (opt-in)")):
+            os.environ["LONGFORGE_SPARSE_SCORES"] = mode
+            record(f"sparse selection, {label}", T, timed(lambda: select_block_indices(q, kc, **sel), reps=2, warmup=1))
+            record(f"sparse total fast_sparse_attention, scores {label}", T,
+                   timed(lambda: fast_sparse_attention(q, k, v, compressed_k=kc, **SALA), reps=2, warmup=1))
+        os.environ["LONGFORGE_SPARSE_SCORES"] = "auto"
+        if T == LENS[0]:
+            os.environ["LONGFORGE_SPARSE_SCORES"] = "torch"
+            record("sparse selection, torch fp32 (exact)", T, timed(lambda: select_block_indices(q, kc, **sel), reps=1, warmup=1))
+            os.environ["LONGFORGE_SPARSE_SCORES"] = "auto"
+        idx, cnt = select_block_indices(q, kc, **sel)
         sparse_flops = 4 * float(cnt.float().sum()) * 64 * (H // HKV) * D
         record("sparse Triton kernel (attention only)", T,
-               timed(lambda: triton_sparse_attention(q, k, v, idx, cnt, D**-0.5, 64)), sparse_flops)
-        record("sparse total fast_sparse_attention (SALA cfg)", T,
-               timed(lambda: fast_sparse_attention(q, k, v, compressed_k=kc, **SALA), reps=2, warmup=1))
+               timed(lambda: triton_sparse_attention(q, k, v, idx, cnt, D**-0.5, 64)), sparse_flops,
+               note=f"{float(cnt.float().mean()):.1f} blocks/token")
         qd = q[:, -1:]
         record("sparse decode (1 query, SALA cfg)", T, timed(lambda: fast_sparse_attention(qd, k, v, compressed_k=kc, **SALA), reps=10))
         record("dense decode SDPA (1 query)", T, timed(lambda: fast_attention(qd, k, v), reps=10))
     guard(f"dense/sparse {T}", dense_and_sparse)
 
-def sparse_bwd(T=32768):
+def sparse_bwd(T=LENS[0]):
     q, k, v = (x.requires_grad_() for x in (rnd(1, T, H, D), rnd(1, T, HKV, D), rnd(1, T, HKV, D)))
     with torch.enable_grad():
         def step():
@@ -103,21 +121,21 @@ def sparse_bwd(T=32768):
         record("dense causal SDPA fwd+bwd", T, timed(dstep, reps=2, warmup=1))
 guard("sparse bwd", sparse_bwd)
 
-def sliding(T=32768):
+def sliding(T=LENS[0]):
     q, k, v = rnd(1, T, 32, 128), rnd(1, T, 8, 128), rnd(1, T, 8, 128)
-    record("sliding window 4096 FlexAttention (32q/8kv)", T, timed(lambda: fast_attention(q, k, v, window=4096)),
+    record("sliding window 4096 FlexAttention (32q/8kv)", T, timed(lambda: fast_attention(q, k, v, window=4096 if not SMALL else 64)),
            4 * T * 4096 * 32 * 128)
     qo, ko, vo = rnd(1, T // 2, 32, 128), k, v
     record("causal Tq=T/2 < Tk FlexAttention (32q/8kv)", T, timed(lambda: fast_attention(qo, ko, vo)))
 guard("sliding", sliding)
 
-for T in (32768, 131072):
+for T in LENS:
     def light(T=T):
         Hl, K = 32, 128
         q, k, v = rnd(1, T, Hl, K), rnd(1, T, Hl, K), rnd(1, T, Hl, K)
         g = alibi_decay(Hl, device=dev)
         record("lightning fla chunk_simple_gla g_gamma (32x128)", T, timed(lambda: fla_chunk(q, k, v, g, output_final_state=True)))
-        if T == 32768:
+        if T == LENS[0]:
             record("lightning reference lightning_chunk", T, timed(lambda: lightning_chunk(q, k, v, g), reps=1, warmup=1))
             s0 = torch.zeros(1, Hl, K, K, device=dev)
             record("lightning fla fused_recurrent decode (1 token)", 1,
@@ -125,14 +143,16 @@ for T in (32768, 131072):
     guard(f"lightning {T}", light)
 
 by = {(r.get("what"), r.get("seq_len")): r.get("ms") for r in rows}
-for T in (32768, 131072):
-    d, s = by.get(("dense causal SDPA cuDNN (32q/2kv/128)", T)), by.get(("sparse total fast_sparse_attention (SALA cfg)", T))
-    if d and s:
-        rows.append({"what": "speedup sparse total vs cuDNN dense", "seq_len": T, "x": round(d / s, 2)})
+for T in LENS:
+    d = by.get(("dense causal SDPA cuDNN (32q/2kv/128)", T))
+    for label in ("Triton tf32x3 (default)", "Triton bf16 (opt-in)"):
+        s = by.get((f"sparse total fast_sparse_attention, scores {label}", T))
+        if d and s:
+            rows.append({"what": f"speedup sparse total ({label}) vs cuDNN dense", "seq_len": T, "x": round(d / s, 2)})
     k_ = by.get(("sparse Triton kernel (attention only)", T))
     if d and k_:
         rows.append({"what": "speedup sparse kernel only vs cuDNN dense", "seq_len": T, "x": round(d / k_, 2)})
-meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": "bf16", "rows": rows}
+meta = {"device": "cpu (smoke)" if SMALL else torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": "bf16", "rows": rows}
 with open(os.path.join(out_dir, "timing.json.tmp"), "w") as f:
     json.dump(meta, f, indent=1)
 os.replace(os.path.join(out_dir, "timing.json.tmp"), os.path.join(out_dir, "timing.json"))
@@ -148,7 +168,20 @@ with open(os.path.join(out_dir, "timing.md.tmp"), "w") as f:
     f.write(md)
 os.replace(os.path.join(out_dir, "timing.md.tmp"), os.path.join(out_dir, "timing.md"))
 print(md)
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    timed_rows = [r for r in rows if r.get("ms")]
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(timed_rows) + 1))
+    ax.barh([f"{r['what']} @ {r['seq_len']}" for r in timed_rows], [r["ms"] for r in timed_rows])
+    ax.set_xscale("log"); ax.set_xlabel("ms (log)"); ax.invert_yaxis()
+    ax.set_title(f"longforge fast paths, {meta['device']}, bf16")
+    fig.tight_layout(); fig.savefig(os.path.join(out_dir, "timing.png.tmp.png"), dpi=90)
+    os.replace(os.path.join(out_dir, "timing.png.tmp.png"), os.path.join(out_dir, "timing.png"))
+except Exception as err:
+    print("plot failed:", err)
 PY
-timeout 200 python3 /tmp/fastops_bench.py "$OUTDIR" > "$OUTDIR/timing.log" 2>&1
+timeout 180 python3 /tmp/fastops_bench.py "$OUTDIR" > "$OUTDIR/timing.log" 2>&1
 echo "timing rc=$?"
 if [ -f "$OUTDIR/timing.md" ]; then cat "$OUTDIR/timing.md"; else tail -n 30 "$OUTDIR/timing.log"; fi

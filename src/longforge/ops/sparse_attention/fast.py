@@ -6,7 +6,10 @@
    range; they run dense causal attention through ``ops.attention``'s seam (SDPA on CUDA) over keys ``0..t``.
 2. The remaining (sparse) queries get their blocks from ``select_block_indices``: the same compressed-key scores as
    ``select_blocks`` (per-head softmax over visible compressed keys, summed over the GQA group, max-pooled onto
-   blocks), computed C queries at a time so memory stays bounded (never ``[Tq, Tk]``), then init + local blocks
+   blocks), computed C queries at a time so memory stays bounded (never ``[Tq, Tk]``) -- in PyTorch (exactly the
+   reference's ops) for small problems, by the Triton kernels of ``triton_select.py`` for large ones
+   (``LONGFORGE_SPARSE_SCORES=auto|torch|triton``; ``triton-lowp`` opts into 16-bit dots, see
+   ``triton_select.py``) -- then init + local blocks
    plus the ``topk`` best remaining ones. Top-k uses an exact int64 key (score bits, then the reversed block id),
    so ties go to the lower block exactly like the reference's stable sort. Output: ``idx [B, Hkv, Tq, S]`` int32
    (valid ids first, ascending) and ``cnt [B, Hkv, Tq]``.
@@ -55,7 +58,7 @@ def selection_chunk_size(batch: int, num_heads: int, width: int) -> int:
 
 
 def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kernel_stride, topk, init_blocks,
-                          window_size, scale):
+                          window_size, scale, use_triton=False):
     """One chunk: q ``[B, C, H, D]``, kc ``[B, Nc, Hkv, D]`` fp32, pos ``[C]`` -> idx ``[B, Hkv, C, S]`` (-1 = none)."""
     B, C, H, D = q.shape
     Nc, Hkv = kc.shape[1], kc.shape[2]
@@ -83,12 +86,18 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
     if k_eff == 0 or not bool(candidate.any()):
         return forced_ids
     # Compressed-key scores, exactly the reference's formula (select_blocks / _select_chunk).
-    window_end = torch.arange(Nc, device=dev) * kernel_stride + kernel_size - 1
-    visible = window_end <= pos[:, None]  # [C, Nc]
-    qg = q.float().reshape(B, C, Hkv, G, D).permute(0, 2, 3, 1, 4)  # [B, Hkv, G, C, D]
-    logits = (qg @ kc.permute(0, 2, 3, 1).unsqueeze(2)) * scale  # [B, Hkv, G, C, Nc]
-    shared = masked_softmax(logits, visible[None, None, None]).sum(dim=2)  # [B, Hkv, C, Nc]
-    del logits
+    if use_triton:
+        from .triton_select import group_probabilities
+
+        shared = group_probabilities(q, kc, int(pos[0]), kernel_size=kernel_size, kernel_stride=kernel_stride,
+                                     scale=scale, low_precision=use_triton == "lowp")  # [B, Hkv, C, Nc]
+    else:
+        window_end = torch.arange(Nc, device=dev) * kernel_stride + kernel_size - 1
+        visible = window_end <= pos[:, None]  # [C, Nc]
+        qg = q.float().reshape(B, C, Hkv, G, D).permute(0, 2, 3, 1, 4)  # [B, Hkv, G, C, D]
+        logits = (qg @ kc.permute(0, 2, 3, 1).unsqueeze(2)) * scale  # [B, Hkv, G, C, Nc]
+        shared = masked_softmax(logits, visible[None, None, None]).sum(dim=2)  # [B, Hkv, C, Nc]
+        del logits
     scores = _block_scores(shared, num_blocks, block_size, kernel_stride) + 0.0  # [B, Hkv, C, NB], >= +0.0
     # Exact top-k with the reference's tie rule: for non-negative floats the int32 bit pattern is monotonic, so
     # (bits << 32) | (NB - 1 - block) orders by score, then by lower block.
@@ -97,6 +106,40 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
     top = key.topk(k_eff, dim=-1, sorted=False).values
     top_ids = torch.where(top >= 0, num_blocks - 1 - (top & 0xFFFFFFFF), -1)
     return torch.cat([forced_ids, top_ids], dim=-1)
+
+
+# Above this many score elements (B * H * Tq * Nc) the "auto" scorer is the Triton one (torch's fp32 logits
+# and softmax are memory-bound there); below it the torch scores are cheap and bit-for-bit the reference's.
+TRITON_SCORES_MIN_ELEMENTS = 2**26
+SCORES_ENV = "LONGFORGE_SPARSE_SCORES"
+SCORES_CHOICES = ("auto", "torch", "triton", "triton-lowp")
+
+
+def _use_triton_scores(q: Tensor, elements: int) -> bool | str:
+    """Which scorer computes the block scores: ``LONGFORGE_SPARSE_SCORES=auto|torch|triton|triton-lowp``.
+
+    Returns False (torch), True (Triton, fp32-accurate) or ``"lowp"`` (Triton, dots in q's 16-bit dtype).
+    """
+    choice = os.environ.get(SCORES_ENV, "auto").strip().lower() or "auto"
+    if choice not in SCORES_CHOICES:
+        raise ValueError(f"{SCORES_ENV}={choice!r}; allowed values: {', '.join(SCORES_CHOICES)}")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    runnable = q.device.type == "cuda" or interpret
+    if choice == "torch":
+        return False
+    if not runnable:
+        if choice != "auto":
+            raise ValueError(f"{SCORES_ENV}={choice} needs CUDA tensors (or TRITON_INTERPRET=1)")
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        if choice != "auto":
+            raise ValueError(f"{SCORES_ENV}={choice} but triton is not installed") from None
+        return False
+    if choice == "triton-lowp":
+        return "lowp"
+    return choice == "triton" or elements >= TRITON_SCORES_MIN_ELEMENTS
 
 
 def select_block_indices(
@@ -129,7 +172,9 @@ def select_block_indices(
     Hkv = kc.shape[2]
     scale = resolve_scale(scale, D)
     num_blocks = math.ceil(num_keys / block_size)
-    step = selection_chunk_size(B, H, max(kc.shape[1], num_blocks, 1))
+    use_triton = _use_triton_scores(q, Tq * kc.shape[1] * B * H)
+    # Torch scores hold [B, H, C, Nc] logits per chunk; the Triton scorer only the group sums [B, Hkv, C, Nc].
+    step = selection_chunk_size(B, Hkv if use_triton else H, max(kc.shape[1], num_blocks, 1))
     kcf = kc.detach().float()
     outs = []
     with torch.no_grad():
@@ -137,7 +182,7 @@ def select_block_indices(
             qc = q[:, start : start + step].detach()
             pos = torch.arange(start, start + qc.shape[1], device=q.device) + (num_keys - Tq)
             outs.append(_select_chunk_indices(qc, kcf, pos, num_blocks, block_size, kernel_size, kernel_stride,
-                                              topk, init_blocks, window_size, scale))
+                                              topk, init_blocks, window_size, scale, use_triton))
         if not outs:
             return (torch.zeros(B, Hkv, 0, 1, dtype=torch.int32, device=q.device),
                     torch.zeros(B, Hkv, 0, dtype=torch.int32, device=q.device))

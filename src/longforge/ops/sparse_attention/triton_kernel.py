@@ -39,8 +39,8 @@ def _sparse_fwd_kernel(
     BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, IEEE: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    bh = tl.program_id(1)
+    t = tl.program_id(0).to(tl.int64)  # int64 offsets: t * stride overflows int32 beyond ~512K tokens
+    bh = tl.program_id(1).to(tl.int64)
     b = bh // HKV
     hk = bh % HKV
     pos = Tk - Tq + t
@@ -61,7 +61,7 @@ def _sparse_fwd_kernel(
     for s in range(0, S):
         # Entries past cnt are -1 padding: fully masked (a runtime loop bound of cnt would also do on GPU, but
         # the Triton interpreter used by the CPU test needs a plain int bound).
-        blk = tl.load(IDX + b * s_ib + hk * s_ih + t * s_it + s)
+        blk = tl.load(IDX + b * s_ib + hk * s_ih + t * s_it + s).to(tl.int64)
         blk_ok = (s < cnt) & (blk >= 0)
         for n0 in range(0, BLOCK_SIZE, BLOCK_N):
             in_blk = (n0 + offs_n) < BLOCK_SIZE
@@ -111,8 +111,8 @@ def _sparse_bwd_kernel(
     BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, IEEE: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    bh = tl.program_id(1)
+    t = tl.program_id(0).to(tl.int64)  # int64 offsets: t * stride overflows int32 beyond ~512K tokens
+    bh = tl.program_id(1).to(tl.int64)
     b = bh // HKV
     hk = bh % HKV
     pos = Tk - Tq + t
@@ -135,7 +135,7 @@ def _sparse_bwd_kernel(
     for s in range(0, S):
         # Entries past cnt are -1 padding: fully masked (a runtime loop bound of cnt would also do on GPU, but
         # the Triton interpreter used by the CPU test needs a plain int bound).
-        blk = tl.load(IDX + b * s_ib + hk * s_ih + t * s_it + s)
+        blk = tl.load(IDX + b * s_ib + hk * s_ih + t * s_it + s).to(tl.int64)
         blk_ok = (s < cnt) & (blk >= 0)
         for n0 in range(0, BLOCK_SIZE, BLOCK_N):
             in_blk = (n0 + offs_n) < BLOCK_SIZE
