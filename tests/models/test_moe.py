@@ -172,12 +172,45 @@ def test_bench_moe_writes_records(tmp_path):
     from longforge.bench.moe import run
 
     records = run(
-        out_dir=tmp_path, shapes=("0.1B",), ratios=(0.2,), tokens=(1, 8), dtype="fp32", repeats=2, progress=False
+        out_dir=tmp_path, shapes=("0.1B",), ratios=(0.2,), tokens=(1, 8), dtype="fp32", repeats=2, progress=False,
+        model=False,
     )
     assert [(r["tokens"], r["activation_ratio"]) for r in records] == [(1, 0.2), (8, 0.2)]
     for r in records:
+        # the benchmark's router weights make exactly round(0.2·42) = 8 experts fire per token
+        assert r["measured_ratio"] == pytest.approx(8 / 42, abs=1e-4)
         assert set(r) >= {"shape", "activation_ratio", "tokens", "dense_ms", "deco_ms", "speedup", "device"}
         assert r["dense_params"] == pytest.approx(r["deco_params"], rel=1e-3)
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["deco_ms"], rel=1e-2)
     files = sorted(p.suffix for p in tmp_path.iterdir())
     assert files == [".json", ".md", ".png"]
+
+
+def test_deco_replication_runs_every_variant_tiny(tmp_path, monkeypatch):
+    """scripts/deco_replication.py's code path on CPU: a few steps of dense / DECO / ReMoE / top-k, then the
+    summary (JSON + MD + two PNGs) with per-run eval-loss and ρ curves."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    monkeypatch.setenv("LONGFORGE_CACHE", str(tmp_path / "cache"))
+    path = Path(__file__).resolve().parents[2] / "scripts" / "deco_replication.py"
+    spec = importlib.util.spec_from_file_location("deco_replication", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # equal FFN parameters per MoE layer in the real recipe (within 3 %)
+    base = mod.RECIPE["base"]
+    sizes = {k: mod.ffn_params({**base, **v}) for k, v in mod.RECIPE["variants"].items()}
+    assert max(sizes.values()) / min(sizes.values()) < 1.03, sizes
+    assert mod.main(["--size", "tiny", "--device", "cpu", "--in-process", "--out", str(tmp_path / "rep")]) == 0
+    summary = json.loads((tmp_path / "rep" / "deco_replication.json").read_text())
+    runs = summary["runs"]
+    assert set(runs) == {"dense", "deco", "remoe", "topk"}
+    assert len({r["tokens"] for r in runs.values()}) == 1  # equal tokens
+    for name, r in runs.items():
+        assert len(r["eval_curve"]) == 2 and all(loss > 0 for _, loss in r["eval_curve"])
+        assert (r["final_rho"] is None) == (name == "dense")
+    assert runs["deco"]["final_lambda"] > 0 and "deco_within_2pct" in summary["checks"]
+    assert {p.name for p in (tmp_path / "rep").glob("deco_replication*")} == {
+        "deco_replication.json", "deco_replication.md", "deco_replication_loss.png", "deco_replication_rho.png"
+    }

@@ -67,6 +67,7 @@ class DecoMoE(nn.Module):
         self.penalty: torch.Tensor | None = None
         self.num_active = torch.zeros(())
         self.num_routed = torch.zeros(())
+        self._router_out: torch.Tensor | None = None  # the fused decode path's ReLU router output (lazy counts)
         self._up_row_mean: torch.Tensor | None = None
         self._up_row_mean_version = None
 
@@ -79,9 +80,52 @@ class DecoMoE(nn.Module):
             self._up_row_mean_version = key
         return self._up_row_mean
 
+    @property
+    def num_active(self) -> torch.Tensor:
+        if self._router_out is not None:  # counted only when asked: no extra launches on the decode path
+            self._num_active = (self._router_out > 0).sum()
+            self._router_out = None
+        return self._num_active
+
+    @num_active.setter
+    def num_active(self, value: torch.Tensor) -> None:
+        self._num_active = value
+        self._router_out = None
+
+    def _fused_decode(self, flat: torch.Tensor) -> torch.Tensor:
+        """Inference on CUDA, ≤ 64 tokens: the whole layer (router, experts, shared expert) in one Triton launch."""
+        r = torch.empty(flat.shape[0], self.num_experts, device=flat.device, dtype=torch.float32)
+        shared = None
+        if self.shared is not None:
+            shared = (self.shared.gate_proj.weight, self.shared.up_proj.weight, self.shared.down_proj.weight)
+        y = moe_op.deco_ffn_fused(
+            flat,
+            self.router.weight,
+            self.expert_scale,
+            self.up_proj.weight,
+            self.down_proj.weight,
+            self.act_norm.weight if self.act_norm is not None else None,
+            eps=self.eps,
+            up_row_mean=self.up_row_mean() if self.act_norm is not None else None,
+            shared=shared,
+            router_out=r,
+        )
+        self.penalty = None
+        self._router_out = r
+        self.num_routed = torch.tensor(r.numel())
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
+        if (
+            not self.training
+            and not torch.is_grad_enabled()
+            and flat.shape[0] <= 64
+            and moe_op.fused_available(flat.device)
+            and self.up_proj.weight.dtype == flat.dtype
+        ):
+            return self._fused_decode(flat).view(shape)
         r = moe_op.relu_router(flat, self.router.weight)  # [N, E] fp32
         gates = r * self.expert_scale.float() if self.expert_scale is not None else r
         self.num_active = (r > 0).sum().detach()

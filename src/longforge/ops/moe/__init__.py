@@ -2,18 +2,35 @@
 
 ``deco_experts`` is the seam: ``mode="dense"`` (training; the reference) computes every expert and masks by the
 router; ``mode="sparse"`` (inference) reads only the union of the chunk's active experts' slices of W_up and
-W_down. ``LONGFORGE_BACKEND_MOE=naive|fast`` picks the implementation of the sparse path (a Triton kernel on CUDA
-comes with the fast-inference work; until then the torch gather path runs everywhere).
+W_down. ``LONGFORGE_BACKEND_MOE=naive|fast`` picks the implementation of the sparse path: on CUDA the fused Triton
+kernel (``triton.py``: router, active experts, NormSiLU, down-projection and the shared expert in ONE launch, for
+chunks of ≤ 64 tokens), elsewhere the torch gather path. ``graph.py`` replays a decode step from a CUDA graph.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._backend import resolve
 from .naive import deco_experts_dense, deco_experts_sparse, relu_router
 
-_FAST = None  # a fused CUDA kernel with deco_experts_sparse's signature
+try:  # triton is in the `gpu` extra, not a hard dependency
+    from .triton import deco_experts_fused as _FAST, deco_ffn_fused
+except ImportError:  # pragma: no cover - depends on the install
+    _FAST = None
+    deco_ffn_fused = None
+
+
+def fused_available(device) -> bool:
+    """True when the fused Triton decode kernel can run on ``device`` (CUDA + triton, backend not forced naive)."""
+    import os
+
+    from .._backend import env_var
+
+    if os.environ.get(env_var("moe"), "").strip().lower() == "naive":
+        return False
+    return deco_ffn_fused is not None and torch.device(device).type == "cuda"
 
 
 def deco_experts(
@@ -36,4 +53,4 @@ def deco_experts(
     return impl(x, gates, up_weight, down_weight, norm_weight, eps=eps, up_row_mean=up_row_mean)
 
 
-__all__ = ["deco_experts", "deco_experts_dense", "deco_experts_sparse", "relu_router"]
+__all__ = ["deco_experts", "deco_experts_dense", "deco_experts_sparse", "deco_ffn_fused", "fused_available", "relu_router"]
