@@ -180,6 +180,7 @@ def test_lightning_fla_falls_back_explicitly_on_cpu():
 
 # ---------------------------------------------------------------- sparse attention
 
+SELECTION_KEYS = ("block_size", "kernel_size", "kernel_stride", "topk", "init_blocks", "window_size")
 SPARSE_CFG = dict(block_size=16, kernel_size=8, kernel_stride=4, topk=3, init_blocks=1, window_size=24)
 SPARSE_CASES = [
     # B, Tq, Tk, H, Hkv, D, dense_len
@@ -202,7 +203,7 @@ def _assert_selection_equal(q, k, cfg):
     cfg = {**cfg, "dense_len": 0}
     ref = selected_blocks(q, k, **cfg)  # [B, Hkv, Tq, NB]
     kc = compress_keys(k, cfg["kernel_size"], cfg["kernel_stride"])
-    sel = {key: cfg[key] for key in ("block_size", "kernel_size", "kernel_stride", "topk", "init_blocks", "window_size")}
+    sel = {key: cfg[key] for key in SELECTION_KEYS}
     idx, cnt = select_block_indices(q, kc, num_keys=k.shape[1], **sel)
     mask = torch.zeros(ref.shape[:-1] + (ref.shape[-1] + 1,), dtype=torch.bool, device=q.device)
     mask.scatter_(-1, torch.where(idx >= 0, idx, ref.shape[-1]).long(), True)
@@ -235,8 +236,9 @@ def test_sparse_triton_scorer_gpu(dtype, monkeypatch):
     leaves, cfg = _sparse_case((2, 300, 700, 8, 2, 64, 0), dtype, "cuda")
     q, k, v = (x.detach() for x in leaves)
     ref_sel = selected_blocks(q, k, **cfg)
-    sel = {key: cfg[key] for key in ("block_size", "kernel_size", "kernel_stride", "topk", "init_blocks", "window_size")}
-    idx, cnt = select_block_indices(q, compress_keys(k, cfg["kernel_size"], cfg["kernel_stride"]), num_keys=k.shape[1], **sel)
+    sel = {key: cfg[key] for key in SELECTION_KEYS}
+    kc = compress_keys(k, cfg["kernel_size"], cfg["kernel_stride"])
+    idx, cnt = select_block_indices(q, kc, num_keys=k.shape[1], **sel)
     mask = torch.zeros(ref_sel.shape[:-1] + (ref_sel.shape[-1] + 1,), dtype=torch.bool, device="cuda")
     mask.scatter_(-1, torch.where(idx >= 0, idx, ref_sel.shape[-1]).long(), True)
     same = (mask[..., :-1] == ref_sel).all(-1)  # [B, Hkv, Tq]
@@ -276,7 +278,8 @@ import os
 for dtype, tol, scores in ((torch.float32, 1e-5, "triton"), (torch.float16, 5e-3, "torch")):  # no bf16 dot here
     os.environ["LONGFORGE_SPARSE_SCORES"] = scores  # the Triton block scorer too
     g = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(*s, generator=g).to(dtype).requires_grad_() for s in ((1, 3, 2, 16), (1, 29, 1, 16), (1, 29, 1, 16)))
+    shapes = ((1, 3, 2, 16), (1, 29, 1, 16), (1, 29, 1, 16))
+    q, k, v = (torch.randn(*s, generator=g).to(dtype).requires_grad_() for s in shapes)
     grad = torch.randn(1, 3, 2, 16, generator=g).to(dtype)
     res = []
     for fn in (fast_sparse_attention, naive_sparse_attention):

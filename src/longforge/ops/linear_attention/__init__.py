@@ -10,11 +10,11 @@ from __future__ import annotations
 from torch import Tensor
 
 from .._backend import resolve
-from .naive import alibi_decay, lightning_chunk, lightning_recurrent
 
 # Fast implementations with the signatures of lightning_chunk / lightning_recurrent (fla's chunk_simple_gla /
 # fused_recurrent_simple_gla with g_gamma, see fla.py). Both count as op "lightning" for the seam.
 from .fla import fla_chunk, fla_recurrent  # fla itself is imported lazily, at the first call
+from .naive import alibi_decay, lightning_chunk, lightning_recurrent
 
 _FAST_CHUNK = fla_chunk
 _FAST_RECURRENT = fla_recurrent
