@@ -5,6 +5,8 @@ longforge demo                     the main job on the embedded default
 longforge import SRC --out DIR     a transformers Qwen3 / Llama directory → a longforge hybrid directory
 longforge train RECIPE [k=v ...]   pre-training / SFT from a YAML recipe
 longforge bench moe                DECO FFN decode latency vs dense
+longforge bench model | kernels    long-context TTFT / decode / memory; attention ops vs cuDNN
+longforge generate MODEL --prompt-file F --max-new-tokens N   chunked-prefill generation
 longforge eval MODEL --suite S     RULER / RULER-lite / NIAH heatmap
 longforge data synth-rl | filter-rl  the long-context RL data recipe
 longforge rl RECIPE [k=v ...]      outcome-based GRPO
@@ -189,7 +191,67 @@ def cmd_bench(args) -> int:
         best = max(records, key=lambda r: r["speedup"])
         _console().print(f"{len(records)} records written to {args.out}; best speedup {best['speedup']}× ({best})")
         return 0
+    if args.what in ("model", "kernels"):
+        return _cmd_bench_long_context(args)
     raise ValueError(f"unknown benchmark {args.what!r}")
+
+
+def _cmd_bench_long_context(args) -> int:
+    """`bench model` (TTFT / decode tokens/s / peak memory per prompt length, hybrid vs full attention) and `bench
+    kernels` (each mixer's attention op vs dense cuDNN attention)."""
+    from .bench._report import parse_length
+
+    lengths = tuple(parse_length(x) for x in args.lengths.split(",")) if args.lengths else None
+    dtype = args.dtype
+    if args.what == "kernels":
+        from .bench.kernels import DEFAULT_LENGTHS, MIXERS, run
+
+        records = run(out_dir=args.out, lengths=lengths or DEFAULT_LENGTHS,
+                      mixers=tuple(args.mixers.split(",")) if args.mixers else MIXERS, device=args.device,
+                      dtype=dtype, window=args.window, repeats=min(args.repeats, 10))
+        print(f"{len(records)} records written to {args.out}")
+        return 0
+    from .bench.model import DEFAULT_LENGTHS, DEFAULT_MODELS, hybrid_1m_check, ratio_rows, run
+
+    records = run(out_dir=args.out, models=tuple(args.models.split(",")) if args.models else DEFAULT_MODELS,
+                  lengths=lengths or DEFAULT_LENGTHS, decode_tokens=args.decode_tokens, chunk_size=args.chunk_size,
+                  device=args.device, dtype=dtype, memory_budget_gib=args.memory_budget_gib,
+                  time_budget_s=args.time_budget_s or None)
+    for n, m, base, ttft, dec in ratio_rows(records):
+        print(f"{n:>8} tokens  {m} vs {base}: TTFT speedup {ttft and round(ttft, 2)}×, decode ratio "
+              f"{dec and round(dec, 2)}×")
+    check = hybrid_1m_check(records)
+    if check is not None:
+        print(f"1M-token hybrid check (prefill + {args.decode_tokens} tokens): "
+              + ("passed" if check["passed"] else "FAILED"))
+    print(f"{len(records)} records written to {args.out}")
+    return 0 if check is None or check["passed"] else 1
+
+
+def cmd_generate(args) -> int:
+    """Generate text after a (long) prompt with chunked prefill and a planned cache: MODEL is a local model
+    directory or a built-in name (tiny-teacher). Prints the new text, then prompt tokens, prefill time (TTFT),
+    decode tokens/s and peak memory. A request that cannot fit in memory ends with a clear error."""
+    from .eval.loading import load_model_and_tokenizer
+    from .infer import InferenceEngine
+
+    prompt_path = Path(args.prompt_file)
+    if not prompt_path.is_file():
+        raise ValueError(f"--prompt-file {args.prompt_file!r} is not a file")
+    text = prompt_path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"--prompt-file {args.prompt_file!r} is empty")
+    model, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.shape[1] == 0:
+        raise ValueError(f"the prompt in {args.prompt_file!r} tokenizes to nothing")
+    budget = None if args.memory_budget_gib is None else int(args.memory_budget_gib * 1024**3)
+    engine = InferenceEngine(model, chunk_size=args.chunk_size, memory_budget_bytes=budget)
+    result = engine.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, seed=args.seed)
+    print(tokenizer.decode(result.tokens[0], skip_special_tokens=True))
+    print(result.summary(), file=sys.stderr if args.quiet_stats else sys.stdout)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks (JSON + markdown + PNG)", description=cmd_bench.__doc__)
-    p.add_argument("what", choices=["moe"])
+    p.add_argument("what", choices=["moe", "model", "kernels"])
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--device", default="auto")
     p.add_argument("--shapes", default="0.1B,0.5B,1.2B")
@@ -218,7 +280,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", default="1,8,32,64")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--repeats", type=int, default=20)
+    # bench model / kernels (lengths accept K / M suffixes: 8K,32K,1M)
+    p.add_argument("--models", default=None, help="model: comma-separated shapes (default: sala-9b, qwen3-8b)")
+    p.add_argument("--lengths", default=None, help="model / kernels: e.g. 8K,32K,128K,256K,512K,1M")
+    p.add_argument("--decode-tokens", type=int, default=64, help="model: tokens decoded after each prefill")
+    p.add_argument("--chunk-size", type=int, default=32768, help="model: prefill chunk (tokens)")
+    p.add_argument("--memory-budget-gib", type=float, default=None, help="model: plan against this, not free memory")
+    p.add_argument("--time-budget-s", type=float, default=480.0, help="model: skip runs predicted past it (0 = none)")
+    p.add_argument("--mixers", default=None, help="kernels: dense,full,sliding,sparse,lightning")
+    p.add_argument("--window", type=int, default=4096, help="kernels: sliding window")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "generate", help="generate after a long prompt (chunked prefill)", description=cmd_generate.__doc__
+    )
+    p.add_argument("model", help="local model directory or built-in name (tiny-teacher)")
+    p.add_argument("--prompt-file", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=32768, help="prompt tokens per prefill step")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--memory-budget-gib", type=float, default=None, help="plan against this instead of free memory")
+    p.add_argument("--quiet-stats", action="store_true", help="print the statistics line to stderr")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train from a YAML recipe", description=cmd_train.__doc__)
     p.add_argument("recipe", help="YAML recipe, e.g. recipes/train/tiny-teacher.yaml")

@@ -115,7 +115,9 @@ class SoftmaxAttention(nn.Module):
             n_q = int(real_q.sum())
             if n_q == 0:
                 continue
-            kb, vb = k[b : b + 1, real_k], v[b : b + 1, real_k]
+            # A row without padding attends to the cache as it is (a boolean index would copy the whole KV).
+            full_row = bool(real_k.all())
+            kb, vb = (k[b : b + 1], v[b : b + 1]) if full_row else (k[b : b + 1, real_k], v[b : b + 1, real_k])
             compressed = None
             if cache_layer is not None:
                 old = cache_layer.compressed_keys[b]
