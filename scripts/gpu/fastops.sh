@@ -9,10 +9,10 @@ mkdir -p "$OUTDIR"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>&1 | tail -n 2
 
 echo "== fastops: GPU tests (fast paths first, then the other GPU tests of tests/ops and the model)"
-timeout 270 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_paths.py --durations=10 \
+timeout 280 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_paths.py --durations=10 \
   > "$OUTDIR/tests.log" 2>&1
 echo "fast-path tests rc=$? (log: fastops/tests.log)"; tail -n 8 "$OUTDIR/tests.log"
-timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/models/test_gpu.py \
+timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/models/test_gpu.py \
   --deselect tests/ops/test_fast_paths.py >> "$OUTDIR/tests.log" 2>&1
 echo "other GPU tests rc=$?"; tail -n 4 "$OUTDIR/tests.log"
 
@@ -61,6 +61,7 @@ def record(what, T, ms, flops=None, note=""):
          "tflops": round(flops / ms / 1e9, 1) if flops else None, "note": note}
     rows.append(r)
     print(json.dumps(r), flush=True)
+    flush()
 
 
 def guard(name, fn):
@@ -70,9 +71,55 @@ def guard(name, fn):
     except Exception as err:  # record and go on: one failing measurement must not lose the others
         rows.append({"what": name, "error": f"{type(err).__name__}: {err}"[:300]})
         print(name, "FAILED", err, flush=True)
+        flush()
         traceback.print_exc()
     if not SMALL:
         torch.cuda.empty_cache()
+
+
+def flush(final=False):
+    """Write timing.json/.md/.png from the rows so far (so a timeout still leaves results)."""
+    rows_out = list(rows)
+    by = {(r.get("what"), r.get("seq_len")): r.get("ms") for r in rows}
+    for T in LENS:
+        d = by.get(("dense causal SDPA cuDNN (32q/2kv/128)", T))
+        for label in ("Triton tf32x3 (default)", "Triton bf16 (opt-in)"):
+            s = by.get((f"sparse total fast_sparse_attention, scores {label}", T))
+            if d and s:
+                rows_out.append({"what": f"speedup sparse total ({label}) vs cuDNN dense", "seq_len": T, "x": round(d / s, 2)})
+        k_ = by.get(("sparse Triton kernel (attention only)", T))
+        if d and k_:
+            rows_out.append({"what": "speedup sparse kernel only vs cuDNN dense", "seq_len": T, "x": round(d / k_, 2)})
+    meta = {"device": "cpu (smoke)" if SMALL else torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": "bf16", "rows": rows_out, "complete": final}
+    with open(os.path.join(out_dir, "timing.json.tmp"), "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(os.path.join(out_dir, "timing.json.tmp"), os.path.join(out_dir, "timing.json"))
+    lines = [f"# fastops timing on {meta['device']} (torch {meta['torch']}, bf16, batch 1, CUDA events)", "",
+             "| what | T | ms | TFLOP/s | speedup |", "|---|---|---|---|---|"]
+    for r in rows_out:
+        if "error" in r:
+            lines.append(f"| {r['what']} | | FAILED: {r['error']} | | |")
+        else:
+            lines.append(f"| {r['what']} | {r.get('seq_len', '')} | {r.get('ms', '')} | {r.get('tflops') or ''} | {r.get('x', '')} |")
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "timing.md.tmp"), "w") as f:
+        f.write(md)
+    os.replace(os.path.join(out_dir, "timing.md.tmp"), os.path.join(out_dir, "timing.md"))
+    if final:
+        print(md)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        timed_rows = [r for r in rows_out if r.get("ms")]
+        fig, ax = plt.subplots(figsize=(10, 0.35 * len(timed_rows) + 1))
+        ax.barh([f"{r['what']} @ {r['seq_len']}" for r in timed_rows], [r["ms"] for r in timed_rows])
+        ax.set_xscale("log"); ax.set_xlabel("ms (log)"); ax.invert_yaxis()
+        ax.set_title(f"longforge fast paths, {meta['device']}, bf16")
+        fig.tight_layout(); fig.savefig(os.path.join(out_dir, "timing.png.tmp.png"), dpi=90)
+        os.replace(os.path.join(out_dir, "timing.png.tmp.png"), os.path.join(out_dir, "timing.png"))
+    except Exception as err:
+        print("plot failed:", err)
 
 
 H, HKV, D = 32, 2, 128  # SALA's sparse layers
@@ -85,27 +132,34 @@ for T in LENS:
     def dense_and_sparse(T=T):
         q, k, v = rnd(1, T, H, D), rnd(1, T, HKV, D), rnd(1, T, HKV, D)
         causal_flops = 4 * T * T / 2 * H * D
-        record("dense causal SDPA cuDNN (32q/2kv/128)", T, timed(lambda: sdpa(q, k, v, scale=D**-0.5, is_causal=True)), causal_flops)
+        guard(f"dense cuDNN {T}", lambda: record("dense causal SDPA cuDNN (32q/2kv/128)", T,
+              timed(lambda: sdpa(q, k, v, scale=D**-0.5, is_causal=True)), causal_flops))
         kc = compress_keys(k, 32, 16)
         sel = dict(num_keys=T, block_size=64, kernel_size=32, kernel_stride=16, topk=64, init_blocks=1, window_size=2048)
         for mode, label in (("triton", "Triton tf32x3 (default)"), ("triton-lowp", "Triton bf16 (opt-in)")):
             os.environ["LONGFORGE_SPARSE_SCORES"] = mode
-            record(f"sparse selection, {label}", T, timed(lambda: select_block_indices(q, kc, **sel), reps=2, warmup=1))
-            record(f"sparse total fast_sparse_attention, scores {label}", T,
-                   timed(lambda: fast_sparse_attention(q, k, v, compressed_k=kc, **SALA), reps=2, warmup=1))
-        os.environ["LONGFORGE_SPARSE_SCORES"] = "auto"
+            guard(f"selection {label} {T}", lambda: record(f"sparse selection, {label}", T,
+                  timed(lambda: select_block_indices(q, kc, **sel), reps=2, warmup=1)))
+            guard(f"sparse total {label} {T}", lambda: record(f"sparse total fast_sparse_attention, scores {label}", T,
+                  timed(lambda: fast_sparse_attention(q, k, v, compressed_k=kc, **SALA), reps=2, warmup=1)))
         if T == LENS[0]:
             os.environ["LONGFORGE_SPARSE_SCORES"] = "torch"
-            record("sparse selection, torch fp32 (exact)", T, timed(lambda: select_block_indices(q, kc, **sel), reps=1, warmup=1))
-            os.environ["LONGFORGE_SPARSE_SCORES"] = "auto"
-        idx, cnt = select_block_indices(q, kc, **sel)
-        sparse_flops = 4 * float(cnt.float().sum()) * 64 * (H // HKV) * D
-        record("sparse Triton kernel (attention only)", T,
-               timed(lambda: triton_sparse_attention(q, k, v, idx, cnt, D**-0.5, 64)), sparse_flops,
-               note=f"{float(cnt.float().mean()):.1f} blocks/token")
+            guard(f"selection torch {T}", lambda: record("sparse selection, torch fp32 (exact)", T,
+                  timed(lambda: select_block_indices(q, kc, **sel), reps=1, warmup=1)))
+        os.environ["LONGFORGE_SPARSE_SCORES"] = "auto"
+
+        def kernel_only():
+            idx, cnt = select_block_indices(q, kc, **sel)
+            sparse_flops = 4 * float(cnt.float().sum()) * 64 * (H // HKV) * D
+            record("sparse Triton kernel (attention only)", T,
+                   timed(lambda: triton_sparse_attention(q, k, v, idx, cnt, D**-0.5, 64)), sparse_flops,
+                   note=f"{float(cnt.float().mean()):.1f} blocks/token")
+        guard(f"sparse kernel {T}", kernel_only)
         qd = q[:, -1:]
-        record("sparse decode (1 query, SALA cfg)", T, timed(lambda: fast_sparse_attention(qd, k, v, compressed_k=kc, **SALA), reps=10))
-        record("dense decode SDPA (1 query)", T, timed(lambda: fast_attention(qd, k, v), reps=10))
+        guard(f"sparse decode {T}", lambda: record("sparse decode (1 query, SALA cfg)", T,
+              timed(lambda: fast_sparse_attention(qd, k, v, compressed_k=kc, **SALA), reps=10)))
+        guard(f"dense decode {T}", lambda: record("dense decode SDPA (1 query)", T,
+              timed(lambda: fast_attention(qd, k, v), reps=10)))
     guard(f"dense/sparse {T}", dense_and_sparse)
 
 def sparse_bwd(T=LENS[0]):
@@ -142,46 +196,8 @@ for T in LENS:
                    timed(lambda: fla_recurrent(q[:, :1], k[:, :1], v[:, :1], g, initial_state=s0, output_final_state=True), reps=20))
     guard(f"lightning {T}", light)
 
-by = {(r.get("what"), r.get("seq_len")): r.get("ms") for r in rows}
-for T in LENS:
-    d = by.get(("dense causal SDPA cuDNN (32q/2kv/128)", T))
-    for label in ("Triton tf32x3 (default)", "Triton bf16 (opt-in)"):
-        s = by.get((f"sparse total fast_sparse_attention, scores {label}", T))
-        if d and s:
-            rows.append({"what": f"speedup sparse total ({label}) vs cuDNN dense", "seq_len": T, "x": round(d / s, 2)})
-    k_ = by.get(("sparse Triton kernel (attention only)", T))
-    if d and k_:
-        rows.append({"what": "speedup sparse kernel only vs cuDNN dense", "seq_len": T, "x": round(d / k_, 2)})
-meta = {"device": "cpu (smoke)" if SMALL else torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": "bf16", "rows": rows}
-with open(os.path.join(out_dir, "timing.json.tmp"), "w") as f:
-    json.dump(meta, f, indent=1)
-os.replace(os.path.join(out_dir, "timing.json.tmp"), os.path.join(out_dir, "timing.json"))
-lines = [f"# fastops timing on {meta['device']} (torch {meta['torch']}, bf16, batch 1, CUDA events)", "",
-         "| what | T | ms | TFLOP/s | speedup |", "|---|---|---|---|---|"]
-for r in rows:
-    if "error" in r:
-        lines.append(f"| {r['what']} | | FAILED: {r['error']} | | |")
-    else:
-        lines.append(f"| {r['what']} | {r.get('seq_len', '')} | {r.get('ms', '')} | {r.get('tflops') or ''} | {r.get('x', '')} |")
-md = "\n".join(lines) + "\n"
-with open(os.path.join(out_dir, "timing.md.tmp"), "w") as f:
-    f.write(md)
-os.replace(os.path.join(out_dir, "timing.md.tmp"), os.path.join(out_dir, "timing.md"))
-print(md)
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    timed_rows = [r for r in rows if r.get("ms")]
-    fig, ax = plt.subplots(figsize=(10, 0.35 * len(timed_rows) + 1))
-    ax.barh([f"{r['what']} @ {r['seq_len']}" for r in timed_rows], [r["ms"] for r in timed_rows])
-    ax.set_xscale("log"); ax.set_xlabel("ms (log)"); ax.invert_yaxis()
-    ax.set_title(f"longforge fast paths, {meta['device']}, bf16")
-    fig.tight_layout(); fig.savefig(os.path.join(out_dir, "timing.png.tmp.png"), dpi=90)
-    os.replace(os.path.join(out_dir, "timing.png.tmp.png"), os.path.join(out_dir, "timing.png"))
-except Exception as err:
-    print("plot failed:", err)
+flush(final=True)
 PY
-timeout 180 python3 /tmp/fastops_bench.py "$OUTDIR" > "$OUTDIR/timing.log" 2>&1
+timeout 170 python3 /tmp/fastops_bench.py "$OUTDIR" > "$OUTDIR/timing.log" 2>&1
 echo "timing rc=$?"
 if [ -f "$OUTDIR/timing.md" ]; then cat "$OUTDIR/timing.md"; else tail -n 30 "$OUTDIR/timing.log"; fi
