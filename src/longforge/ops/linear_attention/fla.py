@@ -14,11 +14,17 @@ Explicit fallbacks to the reference (same result, slower), each for a stated rea
     - a head dim above 256 (fla's kernels tile K and V up to 256).
 ``chunk_size`` only changes the reference's summation order, not the result, so fla keeps its own chunk
 length (64); the argument is still validated like the reference does.
+
+fp32 inputs: Triton's default for fp32 dot products is TF32 (~1e-3 relative error). At the first fp32 call we set
+``TRITON_F32_DEFAULT=ieee`` for the process (unless the user set it), so fla's fp32 kernels are compiled with
+IEEE fp32 dots and agree with the reference to ~1e-6; it only affects fp32 dots of Triton kernels that do not
+choose a precision themselves (bf16/fp16 kernels are unaffected).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 
 import torch
@@ -64,6 +70,12 @@ def fla_unsupported_reason(q: Tensor, v: Tensor, g_gamma: Tensor) -> str | None:
     return None
 
 
+def _ieee_fp32(q: Tensor) -> None:
+    """Make Triton compile fp32 dots as IEEE fp32 (see the module docstring), once, for fp32 inputs."""
+    if q.dtype == torch.float32 and "TRITON_F32_DEFAULT" not in os.environ:
+        os.environ["TRITON_F32_DEFAULT"] = "ieee"
+
+
 def _prepare(q, k, v, g_gamma, scale, initial_state):
     B, T, H, K, V = _check_inputs(q, k, v, g_gamma, initial_state)
     scale = resolve_scale(scale, K)
@@ -101,6 +113,7 @@ def fla_chunk(
     if T == 0:
         return lightning_chunk(q, k, v, g_gamma, chunk_size=chunk_size, **kwargs)
     chunk_simple_gla = _load_fla()[0]
+    _ieee_fp32(q)
     o, ht = chunk_simple_gla(
         q, k, v, g_gamma=g, scale=scale, initial_state=h0, output_final_state=output_final_state,
     )
@@ -127,6 +140,7 @@ def fla_recurrent(
     if T == 0:
         return lightning_recurrent(q, k, v, g_gamma, **kwargs)
     fused_recurrent_simple_gla = _load_fla()[1]
+    _ieee_fp32(q)
     o, ht = fused_recurrent_simple_gla(
         q, k, v, g_gamma=g, scale=scale, initial_state=h0, output_final_state=output_final_state,
     )
