@@ -7,7 +7,8 @@ built-in corpus; the runs go in parallel processes on one GPU (the models are sm
     deco_replication_loss.png, deco_replication_rho.png
 
 Recipe (the RECIPE dict below; --size tiny shrinks everything for the CPU test):
-  * every model: the hybrid model with full attention (the channel mixer is what is compared), hidden 384, 6 layers, first layer dense (DECO's layout), seq 256,
+  * every model: the hybrid model with full attention (the channel mixer is what is compared), the built-in
+    corpus with stdlib prose (its tokenizer, 4000 entries, is built once before the runs start), hidden 384, 6 layers, first layer dense (DECO's layout), seq 256,
     micro-batch 32, 8192 tokens/step, AdamW lr 1.5e-3 WSD, bf16 autocast on CUDA;
   * dense: SwiGLU 1024 wide — 1.18M FFN params/layer;
   * DECO: E = 21 experts × d = 64 + shared SwiGLU 128 + router (1.18M), NormSiLU, expert scale, entropy penalty;
@@ -35,7 +36,7 @@ RECIPE = {
     "base": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2,
                  layer_types="F", moe_target_activation=0.2, moe_lambda_init=1e-8),
     "train": dict(steps=900, seq_len=256, micro_batch_size=32, eval_every=100, eval_batches=4, lr=1.5e-3,
-                  warmup_steps=50, vocab_size=4000, prose_sources=["stdlib", "numpy", "torch"]),
+                  warmup_steps=50, vocab_size=4000, prose_sources=["stdlib"]),
     "variants": {
         "dense": dict(mlp_types=None, intermediate_size=1024),
         "deco": dict(mlp_types="deco_moe", moe_num_experts=21, moe_expert_dim=64, moe_shared_dim=128,
@@ -134,7 +135,8 @@ def run_variant(recipe: dict, name: str, out: Path, tokenizer: str, device: str,
 
 def worker(args) -> None:
     recipe = _recipe(args)
-    run_variant(recipe, args.worker, Path(args.out), args.tokenizer, args.device, budget_s=args.timeout - 30)
+    budget = (args.deadline - time.time()) if args.deadline else args.timeout - 30
+    run_variant(recipe, args.worker, Path(args.out), args.tokenizer, args.device, budget_s=budget)
 
 
 def _recipe(args) -> dict:
@@ -170,7 +172,7 @@ def summarize(recipe: dict, runs: dict, out: Path, wall: float) -> dict:
         tail = [v for _, v in rhos[-max(1, len(rhos) // 10):]]
         summary["runs"][name] = {
             "params": run["params"], "tokens": run["tokens"], "seconds": round(run["seconds"], 1),
-            "steps": run["steps"], "truncated": run["truncated"],
+            "steps": run["steps"], "truncated": run["truncated"] or run["steps"] < recipe["train"]["steps"],
             "ffn_params_per_moe_layer": ffn_params({**recipe["base"], **recipe["variants"][name]}),
             "final_eval_loss": evals[-1][1] if evals else None,
             "final_rho": sum(tail) / len(tail) if tail else None,
@@ -241,6 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--in-process", action="store_true", help="run the variants one after another in this process")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--tokenizer", help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args)
@@ -260,7 +263,10 @@ def main(argv=None) -> int:
     procs = {}
     for name in recipe["variants"]:
         log = open(out / f"{name}.log", "w")
-        proc = subprocess.Popen(base_cmd + ["--worker", name], stdout=log, stderr=subprocess.STDOUT)
+        # every run stops (with a final evaluation) 25 s before the overall timeout
+        deadline = t0 + args.timeout - 25
+        proc = subprocess.Popen(base_cmd + ["--worker", name, "--deadline", str(deadline)], stdout=log,
+                                stderr=subprocess.STDOUT)
         procs[name] = (proc, log)
     failed = []
     for name, (proc, log) in procs.items():

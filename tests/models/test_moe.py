@@ -186,6 +186,7 @@ def test_bench_moe_writes_records(tmp_path):
     assert files == [".json", ".md", ".png"]
 
 
+@pytest.mark.slow
 def test_deco_replication_runs_every_variant_tiny(tmp_path, monkeypatch):
     """scripts/deco_replication.py's code path on CPU: a few steps of dense / DECO / ReMoE / top-k, then the
     summary (JSON + MD + two PNGs) with per-run eval-loss and ρ curves."""
