@@ -295,7 +295,7 @@ def run(
     return records
 
 
-def write_results(records: list[dict], out_dir, device: torch.device):
+def write_results(records: list[dict], out_dir, device: torch.device, plot: bool = True):
     stem = _report.results_stem(out_dir, "kernels", device)
     _report.write_json(stem, records)
     env = _report.environment()
@@ -327,6 +327,8 @@ def write_results(records: list[dict], out_dir, device: torch.device):
             )
         )
     _report.write_markdown(stem, lines)
+    if not plot:
+        return stem
     plt = _report.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for mixer in dict.fromkeys(r["mixer"] for r in records):

@@ -119,6 +119,7 @@ def run(
     records: list[dict] = []
     t_start = time.perf_counter()
     current: tuple[str, object] | None = None
+    model = engine = None
     plan_order = _order(models, lengths)
     for i, (name, seq_len) in enumerate(plan_order):
         config = configs[name]
@@ -164,7 +165,7 @@ def run(
             )
             records.append(rec)
             log(f"{tag}: oom (planned: {plan.describe()}, free {format_bytes(free)})")
-            write_results(records, out_dir, dev)
+            write_results(records, out_dir, dev, plot=dev.type == "cuda")
             continue
         elapsed = time.perf_counter() - t_start
         est = _estimate_s(records, name, seq_len, full)
@@ -173,12 +174,12 @@ def run(
             rec["note"] = f"time budget: ~{est:.0f} s predicted, {time_budget_s - elapsed:.0f} s left"
             records.append(rec)
             log(f"{tag}: skipped ({rec['note']})")
-            write_results(records, out_dir, dev)
+            write_results(records, out_dir, dev, plot=dev.type == "cuda")
             continue
         try:
             if resident is None:
-                if current is not None:
-                    current = None
+                if current is not None:  # drop every reference to the previous model before building the next
+                    current = model = engine = None
                     _free()
                 log(f"building {name} with random {dtype} weights on {dev} ...")
                 model = build_random_model(config, dev, torch_dtype)
@@ -214,14 +215,20 @@ def run(
                 f"{tag}: TTFT {rec['ttft_s']:.3f} s, decode {rec['decode_tokens_per_s']} tok/s, "
                 f"peak {rec['peak_mem_gib']} GiB"
             )
-        except InferenceMemoryError as e:
+        except Exception as e:  # noqa: BLE001 — an out-of-memory is a result; anything else is re-raised
+            if not isinstance(e, InferenceMemoryError) and not (
+                isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+            ):
+                raise
             rec["status"] = "oom"
-            rec["note"] = str(e)[:300]
-            log(f"{tag}: oom ({str(e)[:200]})")
+            rec["note"] = str(e).splitlines()[0][:300]
+            log(f"{tag}: oom ({rec['note'][:200]})")
+            prompt = result = None  # noqa: F841 — drop the references before freeing
             _free()
         records.append(rec)
         gc.collect()
-        write_results(records, out_dir, dev)  # after every run: a killed benchmark keeps what it measured
+        # after every run (the plot too on a GPU, where it is cheap next to a run): a killed benchmark keeps its numbers
+        write_results(records, out_dir, dev, plot=dev.type == "cuda")
     current = None
     _free()
     write_results(records, out_dir, dev)
@@ -272,7 +279,7 @@ def _fmt(x, spec="{:.3f}"):
     return "—" if x is None else spec.format(x)
 
 
-def write_results(records: list[dict], out_dir, device: torch.device):
+def write_results(records: list[dict], out_dir, device: torch.device, plot: bool = True):
     stem = _report.results_stem(out_dir, "model", device)
     _report.write_json(stem, records)
     env = _report.environment()
@@ -315,6 +322,8 @@ def write_results(records: list[dict], out_dir, device: torch.device):
             + "; ".join(f"{r['model']}: {r['status']}" for r in check["records"]),
         ]
     _report.write_markdown(stem, lines)
+    if not plot:
+        return stem
     plt = _report.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for m in dict.fromkeys(r["model"] for r in records):
