@@ -195,8 +195,8 @@ def test_config_validation_and_shipped_recipe(tmp_path):
     assert cfg.data.datasets == ["FuzzyNeedle", "MultiNeedle", "KeyChain"] and cfg.data.max_tokens <= 4096
     with pytest.raises(ValueError, match="group_size must be >= 2"):
         load_recipe(GRPOConfig, None, ["group_size=1"])
-    with pytest.raises(ValueError, match="reward_overrides.KeyChain: unknown reward_type 'f1'"):
-        load_recipe(GRPOConfig, None, ["reward_overrides={KeyChain: f1}"])
+    with pytest.raises(ValueError, match="reward_overrides.KeyChain: unknown reward_type 'bleu'"):
+        load_recipe(GRPOConfig, None, ["reward_overrides={KeyChain: bleu}"])
     with pytest.raises(ValueError, match="unknown key"):
         load_recipe(GRPOConfig, None, ["clip=0.3"])
 

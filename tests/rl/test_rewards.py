@@ -73,9 +73,9 @@ def test_numbers_equal(prediction, gold, equal):
 
 
 def test_registry_and_score():
-    assert set(REWARDS) == {"recall", "two_way_substring", "exact_match", "llm_judge"}
-    with pytest.raises(ValueError, match="unknown reward_type 'f1'; known: recall"):
-        reward_fn("f1")
+    assert set(REWARDS) == {"recall", "f1", "two_way_substring", "exact_match", "llm_judge"}
+    with pytest.raises(ValueError, match="unknown reward_type 'bleu'; known: recall"):
+        reward_fn("bleu")
     rec = RLRecord("x", "retrieval", "FuzzyNeedle", "…Question: Who?", ["Alma Brest", "A. Brest"], "recall", 5, {})
     assert score(rec, "<think>hmm</think>The answer is Alma.") == 0.5
     assert score(rec, "alma brest") == 1.0

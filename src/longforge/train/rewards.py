@@ -4,6 +4,7 @@ Following Beyond Reward Engineering §1.3 (and QwenLong-L1's ``docqa.py`` for an
 
 - the answer is the text after the last ``</think>``, then after the last "the answer is" when present;
 - ``recall`` (the default): word-level recall of the gold answer in the answer;
+- ``f1``: SQuAD word-level F1 (recall that pays for precision: extra words cost; not gameable by listing candidates);
 - ``two_way_substring``: gold ⊂ answer or answer ⊂ gold after normalisation (LoongRL's KeyChain verifier);
 - ``exact_match``: normalised equality;
 - ``llm_judge``: binary; 1 when the answer matches exactly or numerically, otherwise the judge's verdict (a local
@@ -37,6 +38,7 @@ __all__ = [
     "reward_fn",
     "score",
     "two_way_substring",
+    "word_f1",
     "word_recall",
 ]
 
@@ -74,6 +76,19 @@ def word_recall(prediction: str, gold: str) -> float:
         return float(normalize_answer(prediction) == "")
     common = Counter(normalize_answer(prediction).split()) & Counter(gold_words)
     return sum(common.values()) / len(gold_words)
+
+
+def word_f1(prediction: str, gold: str) -> float:
+    """SQuAD's word-level F1 of the (normalised) prediction against the gold answer: recall that also pays for
+    precision, so padding an answer with extra words (e.g. listing every candidate) lowers the score."""
+    pred_words, gold_words = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred_words or not gold_words:
+        return float(pred_words == gold_words)
+    common = sum((Counter(pred_words) & Counter(gold_words)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_words), common / len(gold_words)
+    return 2 * precision * recall / (precision + recall)
 
 
 def two_way_substring(prediction: str, gold: str) -> float:
@@ -258,6 +273,7 @@ def judge_reward(completion: str, answers: Sequence[str], question: str = "", ju
 
 REWARDS: dict[str, Callable[..., float]] = {
     "recall": _best(word_recall),
+    "f1": _best(word_f1),
     "two_way_substring": _best(two_way_substring),
     "exact_match": _best(exact_match),
     "llm_judge": judge_reward,
