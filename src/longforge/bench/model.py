@@ -203,7 +203,12 @@ def run(
                 generator=torch.Generator(device=dev).manual_seed(seq_len),
             )
             t0 = time.perf_counter()
-            result = engine.generate(prompt, decode_tokens, eos_token_id=None)
+
+            def progress(phase, done, total, tag=tag, t0=t0):
+                if phase == "prefill" and (done % 8 == 0 or done == total) and total > 1:
+                    log(f"{tag}:   prefill chunk {done}/{total} ({time.perf_counter() - t0:.1f} s)")
+
+            result = engine.generate(prompt, decode_tokens, eos_token_id=None, progress=progress)
             rec["wall_s"] = round(time.perf_counter() - t0, 3)
             rec["ttft_s"] = round(result.ttft_s, 4)
             tps = result.decode_tokens_per_s
