@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -225,7 +226,7 @@ class InferenceEngine:
         generator = None
         if temperature > 0:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed if seed is not None else torch.seed())
+            generator.manual_seed(seed if seed is not None else secrets.randbits(63))  # no seed: fresh entropy
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         cache = None
