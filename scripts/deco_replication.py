@@ -8,7 +8,8 @@ built-in corpus; the runs go in parallel processes on one GPU (the models are sm
 
 Recipe (the RECIPE dict below; --size tiny shrinks everything for the CPU test):
   * every model: the hybrid model with full attention (the channel mixer is what is compared), the built-in
-    corpus with stdlib prose (its tokenizer, 4000 entries, is built once before the runs start), hidden 384, 6 layers, first layer dense (DECO's layout), seq 256,
+    corpus with stdlib prose (its tokenizer, 4000 entries, is built once before the runs start), hidden 384,
+    6 layers, first layer dense (DECO's layout), seq 256,
     micro-batch 32, 8192 tokens/step, AdamW lr 1.5e-3 WSD, bf16 autocast on CUDA;
   * dense: SwiGLU 1024 wide — 1.18M FFN params/layer;
   * DECO: E = 21 experts × d = 64 + shared SwiGLU 128 + router (1.18M), NormSiLU, expert scale, entropy penalty;
@@ -286,8 +287,8 @@ def main(argv=None) -> int:
     if not runs:
         raise SystemExit(f"no run finished: {failed}")
     summary = summarize(recipe, runs, out, time.time() - t0)
-    print(json.dumps({"checks": summary["checks"], "failed": failed,
-                      **{k: {"loss": v["final_eval_loss"], "rho": v["final_rho"]} for k, v in summary["runs"].items()}}))
+    finals = {k: {"loss": v["final_eval_loss"], "rho": v["final_rho"]} for k, v in summary["runs"].items()}
+    print(json.dumps({"checks": summary["checks"], "failed": failed, **finals}))
     return 1 if failed else 0
 
 

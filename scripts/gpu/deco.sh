@@ -39,7 +39,7 @@ PY
 
 # 3. the replication: 5 runs in parallel processes on this GPU, equal params and tokens
 ELAPSED=$(( $(date +%s) - START ))
-BUDGET=$(( 510 - ELAPSED )); [ "$BUDGET" -gt 330 ] && BUDGET=330; [ "$BUDGET" -lt 60 ] && BUDGET=60
+BUDGET=$(( 500 - ELAPSED )); [ "$BUDGET" -gt 320 ] && BUDGET=320; [ "$BUDGET" -lt 60 ] && BUDGET=60
 timeout $(( BUDGET + 25 )) python3 scripts/deco_replication.py --out "$W/rep" --device cuda --timeout "$BUDGET" \
     > "$W/logs/replication.log" 2>&1
 echo "== replication rc=$? (budget ${BUDGET}s) [$(( $(date +%s) - START )) s]"

@@ -117,7 +117,8 @@ CPU_SCRIPT = textwrap.dedent(
 
 def test_fused_kernel_matches_reference_under_triton_interpreter():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}" + os.environ.get("PYTHONPATH", "")}
+    path = f"{ROOT / 'src'}{os.pathsep}" + os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     proc = subprocess.run(
         [sys.executable, "-c", CPU_SCRIPT, str(Path(__file__).parent)],
         env=env, capture_output=True, text=True, timeout=300,
@@ -183,6 +184,7 @@ def test_graphed_layer_and_model_decode_on_cuda():
     layer.eval()
     with torch.no_grad():
         eager = layer(x).float()  # the fused kernel
+    assert not DecoMoE._fused_failed and layer._router_out is not None  # it ran, no fallback
     assert 0 < float(layer.num_active) < 3 * 16
     torch.testing.assert_close(eager, dense, atol=3e-2, rtol=3e-2)
     step = GraphedStep(layer, x)

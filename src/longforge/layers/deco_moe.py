@@ -18,6 +18,8 @@ the active experts (`ops.moe`, exact).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +44,10 @@ def remoe_l1(r: torch.Tensor, target_active: float) -> torch.Tensor:
 
 
 class DecoMoE(nn.Module):
-    """DECO (``variant="deco"``) or ReMoE (``variant="remoe"``) FFN layer."""
+    """DECO (``variant="deco"``) or ReMoE (``variant="remoe"``) FFN layer. In inference on CUDA, chunks of ≤ 64
+    tokens (decode, speculative verification) run the whole layer as one fused Triton launch (``ops/moe``)."""
+
+    _fused_failed = False  # set (with a warning) if the fused kernel ever fails; then the torch path runs
 
     def __init__(self, config, layer_idx: int, variant: str = "deco"):
         super().__init__()
@@ -124,8 +129,14 @@ class DecoMoE(nn.Module):
             and flat.shape[0] <= 64
             and moe_op.fused_available(flat.device)
             and self.up_proj.weight.dtype == flat.dtype
+            and not DecoMoE._fused_failed
         ):
-            return self._fused_decode(flat).view(shape)
+            try:
+                return self._fused_decode(flat).view(shape)
+            except Exception as e:  # noqa: BLE001 - e.g. the kernel does not compile on this GPU / triton
+                DecoMoE._fused_failed = True
+                warnings.warn(f"DecoMoE: the fused Triton decode kernel failed ({e!r}); using the torch path",
+                              stacklevel=2)
         r = moe_op.relu_router(flat, self.router.weight)  # [N, E] fp32
         gates = r * self.expert_scale.float() if self.expert_scale is not None else r
         self.num_active = (r > 0).sum().detach()

@@ -16,7 +16,8 @@ from .._backend import resolve
 from .naive import deco_experts_dense, deco_experts_sparse, relu_router
 
 try:  # triton is in the `gpu` extra, not a hard dependency
-    from .triton import deco_experts_fused as _FAST, deco_ffn_fused
+    from .triton import deco_experts_fused as _FAST
+    from .triton import deco_ffn_fused
 except ImportError:  # pragma: no cover - depends on the install
     _FAST = None
     deco_ffn_fused = None
@@ -53,4 +54,11 @@ def deco_experts(
     return impl(x, gates, up_weight, down_weight, norm_weight, eps=eps, up_row_mean=up_row_mean)
 
 
-__all__ = ["deco_experts", "deco_experts_dense", "deco_experts_sparse", "deco_ffn_fused", "fused_available", "relu_router"]
+__all__ = [
+    "deco_experts",
+    "deco_experts_dense",
+    "deco_experts_sparse",
+    "deco_ffn_fused",
+    "fused_available",
+    "relu_router",
+]

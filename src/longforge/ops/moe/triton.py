@@ -40,7 +40,8 @@ def _deco_decode_kernel(
     N, H, E, D, S, SW, eps,
     stride_down, stride_sd,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_F: tl.constexpr, SPLIT: tl.constexpr, GATES_GIVEN: tl.constexpr, HAS_NORM: tl.constexpr, HAS_SCALE: tl.constexpr,
+    BLOCK_F: tl.constexpr, SPLIT: tl.constexpr, GATES_GIVEN: tl.constexpr, HAS_NORM: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     WRITE_ROUTER: tl.constexpr, FINALIZE: tl.constexpr, FP32_DOT: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -271,7 +272,8 @@ def deco_ffn_fused(
         N, h, E, d, S, sw, eps,
         down_weight.stride(0), sd.stride(0),
         BLOCK_N=_block_n(N), BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_K=cfg["BLOCK_K"],
-        BLOCK_H=cfg["BLOCK_H"], BLOCK_F=min(4096, triton.next_power_of_2(N * h)), SPLIT=cfg["SPLIT"], GATES_GIVEN=gates is not None,
+        BLOCK_H=cfg["BLOCK_H"], BLOCK_F=min(4096, triton.next_power_of_2(N * h)), SPLIT=cfg["SPLIT"],
+        GATES_GIVEN=gates is not None,
         HAS_NORM=norm_weight is not None, HAS_SCALE=expert_scale is not None,
         WRITE_ROUTER=router_out is not None, FINALIZE=finalize,
         # fp32: exact (IEEE) dots; on CPU (TRITON_INTERPRET=1) also for bf16, whose dot the interpreter lacks
