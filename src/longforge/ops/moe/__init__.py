@@ -9,18 +9,32 @@ chunks of ≤ 64 tokens), elsewhere the torch gather path. ``graph.py`` replays 
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import Tensor
 
 from .._backend import resolve
 from .naive import deco_experts_dense, deco_experts_sparse, relu_router
 
-try:  # triton is in the `gpu` extra, not a hard dependency
-    from .triton import deco_experts_fused as _FAST
-    from .triton import deco_ffn_fused
-except ImportError:  # pragma: no cover - depends on the install
-    _FAST = None
-    deco_ffn_fused = None
+# triton is in the `gpu` extra, not a hard dependency; it is imported on first use, not with longforge
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _deco_experts_fused(*args, **kwargs):
+    from .triton import deco_experts_fused
+
+    return deco_experts_fused(*args, **kwargs)
+
+
+def deco_ffn_fused(*args, **kwargs):
+    """The whole DECO FFN in one Triton launch (CUDA, ≤ 64 tokens); see ``triton.deco_ffn_fused``."""
+    from .triton import deco_ffn_fused as impl
+
+    return impl(*args, **kwargs)
+
+
+_FAST = _deco_experts_fused if _HAS_TRITON else None  # deco_experts_sparse's signature
 
 
 def fused_available(device) -> bool:
@@ -31,7 +45,7 @@ def fused_available(device) -> bool:
 
     if os.environ.get(env_var("moe"), "").strip().lower() == "naive":
         return False
-    return deco_ffn_fused is not None and torch.device(device).type == "cuda"
+    return _HAS_TRITON and torch.device(device).type == "cuda"
 
 
 def deco_experts(
