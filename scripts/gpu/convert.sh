@@ -25,7 +25,8 @@ wait
 for r in tiny-sala tiny-sala-b qwen3-0.6b; do
   mkdir -p $O/$r; cp $W/$r/report.* $W/$r/state.json $O/$r/ 2>/dev/null; tail -3 $O/$r.log
 done
-cp -r $W/tiny-sala/model $O/tiny-sala/model 2>/dev/null
-cp -r $W/tiny-sala-b/model $W/tiny-sala-b-model 2>/dev/null
-ls -la $O/tiny-sala/model 2>/dev/null
-for r in tiny-sala tiny-sala-b; do [ -f $O/$r/report.md ] && cat $O/$r/report.md; done
+# Which tiny hybrid to ship: the one meeting more of the targets (ties: the 1:3 recipe, tiny-sala).
+python3 scripts/convert_targets.py $W/tiny-sala/report.json $W/tiny-sala-b/report.json > $O/targets.txt 2>&1
+cat $O/targets.txt
+CHOSEN=$(tail -1 $O/targets.txt | awk '{print $NF}')
+[ -d "$W/$CHOSEN/model" ] && cp -r $W/$CHOSEN/model $O/model && echo "shipping $CHOSEN" && ls -la $O/model

@@ -66,6 +66,8 @@ class SoftmaxAttention(nn.Module):
             else:
                 q = q * value
 
+        # Norms and rotary run in fp32 under autocast; the attention kernels want one dtype: the activations' (v's).
+        q, k = q.to(v.dtype), k.to(v.dtype)
         if self.layer_type == "sparse_attention":
             o = self._sparse(q, k, v, attention_mask, cache_layer)
         else:

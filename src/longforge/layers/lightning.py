@@ -66,6 +66,8 @@ class LightningAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = position_embeddings
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # Norms and rotary run in fp32 under autocast; the kernels want one dtype: the activations' (v's).
+        q, k = q.to(v.dtype), k.to(v.dtype)
         if attention_mask is not None:
             real = attention_mask[:, -T:].to(k.dtype)[:, :, None, None]
             k, v = k * real, v * real
