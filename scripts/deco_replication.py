@@ -8,7 +8,7 @@ built-in corpus; the runs go in parallel processes on one GPU (the models are sm
 
 Recipe (the RECIPE dict below; --size tiny shrinks everything for the CPU test):
   * every model: the hybrid model with full attention (the channel mixer is what is compared), the built-in
-    corpus with stdlib prose (its tokenizer, 4000 entries, is built once before the runs start), hidden 384,
+    corpus with stdlib prose and the embedded tiny-teacher's tokenizer (12k entries), hidden 384,
     6 layers, first layer dense (DECO's layout), seq 256,
     micro-batch 32, 8192 tokens/step, AdamW lr 1.5e-3 WSD, bf16 autocast on CUDA;
   * dense: SwiGLU 1024 wide — 1.18M FFN params/layer;
@@ -37,7 +37,7 @@ RECIPE = {
     "base": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2,
                  layer_types="F", moe_target_activation=0.2, moe_lambda_init=1e-8),
     "train": dict(steps=900, seq_len=256, micro_batch_size=32, eval_every=100, eval_batches=4, lr=1.5e-3,
-                  warmup_steps=50, vocab_size=4000, prose_sources=["stdlib"]),
+                  warmup_steps=50, prose_sources=["stdlib"]),
     "variants": {
         "dense": dict(mlp_types=None, intermediate_size=1024),
         "deco": dict(mlp_types="deco_moe", moe_num_experts=21, moe_expert_dim=64, moe_shared_dim=128,
@@ -53,7 +53,7 @@ TINY = {
     "base": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  layer_types="LF", moe_target_activation=0.2, moe_lambda_init=1e-8),
     "train": dict(steps=4, seq_len=32, micro_batch_size=2, eval_every=2, eval_batches=1, lr=1e-3, warmup_steps=1,
-                  vocab_size=600, prose_sources=["rich"]),
+                  prose_sources=["rich"]),
     "variants": {
         "dense": dict(mlp_types=None, intermediate_size=64),
         "deco": dict(mlp_types="deco_moe", moe_num_experts=5, moe_expert_dim=8, moe_shared_dim=8,
@@ -91,7 +91,6 @@ def train_config(recipe: dict, name: str, out: Path, tokenizer: str | None, devi
     cfg.model.arch = "hybrid"
     cfg.model.config = model_cfg
     cfg.model.tokenizer = tokenizer
-    cfg.model.tokenizer_vocab_size = t["vocab_size"]
     cfg.data.prose_sources = list(t["prose_sources"])
     cfg.data.probes = []
     cfg.optim.lr = t["lr"]
@@ -152,13 +151,18 @@ def _recipe(args) -> dict:
     return recipe
 
 
-def build_shared_tokenizer(recipe: dict, out: Path, device: str) -> str:
-    """Train the built-in corpus tokenizer once, so the parallel runs do not each build it."""
-    from longforge.train.trainer import Dist, build_tokenizer
+def prepare_data(recipe: dict, out: Path, device: str) -> str:
+    """The embedded tiny-teacher's tokenizer (12k entries; no tokenizer training), and one draw from the stream so
+    the prose cache is filled once before the parallel runs read it. Returns the tokenizer directory."""
+    from transformers import AutoTokenizer
 
-    cfg = train_config(recipe, "dense", out, None, device)
-    build_tokenizer(cfg, out, Dist())
-    return str(out / "tokenizer")
+    from longforge.assets import asset_path
+    from longforge.train.trainer import build_stream
+
+    tokenizer = str(asset_path("tiny-teacher"))
+    cfg = train_config(recipe, "dense", out, tokenizer, device)
+    build_stream(cfg, AutoTokenizer.from_pretrained(tokenizer, local_files_only=True), 0).next_batch(1, cfg.seq_len)
+    return tokenizer
 
 
 def summarize(recipe: dict, runs: dict, out: Path, wall: float) -> dict:
@@ -253,7 +257,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    tokenizer = build_shared_tokenizer(recipe, out, args.device)
+    tokenizer = prepare_data(recipe, out, args.device)
     if args.in_process:
         runs = {name: run_variant(recipe, name, out, tokenizer, args.device) for name in recipe["variants"]}
         summary = summarize(recipe, runs, out, time.time() - t0)
