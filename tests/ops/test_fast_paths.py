@@ -249,6 +249,69 @@ def test_sparse_triton_scorer_gpu(dtype, monkeypatch):
     assert _rel_err(out[ok], ref[ok]) < _tol(dtype)
 
 
+def _block_mask(idx, num_blocks):
+    mask = torch.zeros(idx.shape[:-1] + (num_blocks + 1,), dtype=torch.bool, device=idx.device)
+    mask.scatter_(-1, torch.where(idx >= 0, idx, num_blocks).long(), True)
+    return mask[..., :-1]
+
+
+@gpu
+def test_sparse_bf16_block_scorer_gpu(monkeypatch):
+    """The bf16 tensor-core block scorer (the default for long bf16 inputs): selection agreement with the fp32
+    reference >= 99 % of the selected blocks on random data, and the attention over *its* selection equal to the
+    reference attention computed with the same selection (an explicit mask)."""
+    from longforge.ops.attention import masked_attention
+    from longforge.ops.sparse_attention.triton_kernel import triton_sparse_attention
+
+    monkeypatch.setenv("LONGFORGE_SPARSE_SCORES", "triton-bf16")
+    cfg = dict(block_size=64, kernel_size=32, kernel_stride=16, topk=8, init_blocks=1, window_size=256)
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (x.detach() for x in _leaves((1, 700, 16, 128), (1, 3000, 2, 128), (1, 3000, 2, 128),
+                                           dtype=torch.bfloat16, device="cuda", gen=gen))
+    ref_sel = selected_blocks(q, k, **cfg, dense_len=0)  # [B, Hkv, Tq, NB], fp32 scores
+    kc = compress_keys(k, 32, 16)
+    idx, cnt = select_block_indices(q, kc, num_keys=k.shape[1], **cfg)
+    sel = _block_mask(idx, ref_sel.shape[-1])
+    agree = (sel & ref_sel).sum().item() / ref_sel.sum().item()
+    assert agree >= 0.99, agree
+    assert torch.equal(cnt, sel.sum(-1).int())
+    out = triton_sparse_attention(q, k, v, idx, cnt, 128**-0.5, 64)
+    Tk = k.shape[1]
+    t = torch.arange(Tk - q.shape[1], Tk, device="cuda")
+    vis = sel.repeat_interleave(64, dim=-1)[..., :Tk] & (torch.arange(Tk, device="cuda") <= t[:, None])
+    ref = masked_attention(q, k, v, vis)
+    assert _rel_err(out, ref) < 2e-2
+
+
+@gpu
+def test_attention_split_prefix_variants_gpu():
+    """Chunked-prefill attention (causal, Tq < Tk) without FlexAttention: the variant picked for inference (prefix
+    + diagonal merged by log-sum-exp) and the lower-right flash path, against the reference."""
+    from longforge.ops.attention.sdpa import (lower_right_causal_sdpa, pick_prefix_variant,
+                                               split_prefix_attention)
+
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (x.detach() for x in _leaves((1, 1000, 8, 128), (1, 3000, 2, 128), (1, 3000, 2, 128),
+                                           dtype=torch.bfloat16, device="cuda", gen=gen))
+    ref = naive_attention(q, k, v, causal=True)
+    variant = pick_prefix_variant(q, k, v)
+    assert variant is not None
+    assert _rel_err(split_prefix_attention(q, k, v, scale=128**-0.5, variant=variant), ref) < 2e-2
+    assert _rel_err(lower_right_causal_sdpa(q, k, v, scale=128**-0.5), ref) < 2e-2
+    with torch.no_grad():
+        assert _rel_err(fast_attention(q, k, v, causal=True), ref) < 2e-2
+
+
+def test_attention_split_prefix_merge_on_cpu():
+    """The prefix (non-causal) + diagonal (causal) log-sum-exp merge is exact (CPU flash kernel)."""
+    from longforge.ops.attention.sdpa import split_prefix_attention
+
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(*s, generator=gen) for s in ((2, 37, 4, 16), (2, 100, 2, 16), (2, 100, 2, 16)))
+    out = split_prefix_attention(q, k, v, scale=0.25, variant="split-cpu-expand")
+    assert _rel_err(out, naive_attention(q, k, v, scale=0.25, causal=True)) < 1e-5
+
+
 @gpu
 def test_sparse_decode_with_cached_compressed_keys_gpu():
     """One query against a long cache, compressed keys passed in (as the cache does), SALA-like block sizes."""
@@ -275,7 +338,8 @@ from longforge.ops.sparse_attention.fast import fast_sparse_attention
 from longforge.ops.sparse_attention.naive import naive_sparse_attention
 cfg = dict(block_size=8, kernel_size=4, kernel_stride=2, topk=1, init_blocks=1, window_size=8, dense_len=27)
 import os
-for dtype, tol, scores in ((torch.float32, 1e-5, "triton"), (torch.float16, 5e-3, "torch")):  # no bf16 dot here
+for dtype, tol, scores in ((torch.float32, 1e-5, "triton"), (torch.float32, 1e-5, "triton-bf16"),
+                           (torch.float16, 5e-3, "torch")):  # no bf16 dot here (triton-bf16 runs fp32 dots)
     os.environ["LONGFORGE_SPARSE_SCORES"] = scores  # the Triton block scorer too
     g = torch.Generator().manual_seed(5)
     shapes = ((1, 3, 2, 16), (1, 29, 1, 16), (1, 29, 1, 16))

@@ -172,7 +172,8 @@ def backend_of(mixer: str, device: torch.device) -> str:
 
 
 def time_call(call, device: torch.device, repeats: int, max_total_s: float = 5.0) -> float:
-    """Mean seconds of ``call()`` after one warm-up; fewer repeats when a call is long (≤ ``max_total_s``)."""
+    """Mean seconds of ``call()`` after an untimed warm-up call (compilation and autotuning happen there); fewer
+    repeats when a call is long (≤ ``max_total_s``)."""
 
     def once() -> float:
         if device.type == "cuda":
@@ -186,8 +187,11 @@ def time_call(call, device: torch.device, repeats: int, max_total_s: float = 5.0
         call()
         return time.perf_counter() - t0
 
-    first = once()  # warm-up (compilation, autotuning, cuDNN plan)
-    if first >= max_total_s:  # a very slow path (e.g. a reference on the GPU): its cold time is the answer
+    cold = once()  # untimed warm-up: compilation, autotuning, cuDNN plan
+    if cold >= 4 * max_total_s:  # a path that slow even cold is a reference on the GPU: no second call
+        return cold
+    first = once()  # the first warm call: compile / autotune time never enters the result
+    if first >= max_total_s:
         return first
     n = max(1, min(repeats, int(max_total_s / max(first, 1e-6))))
     return sum(once() for _ in range(n)) / n

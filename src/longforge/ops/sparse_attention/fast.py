@@ -86,7 +86,12 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
     if k_eff == 0 or not bool(candidate.any()):
         return forced_ids
     # Compressed-key scores, exactly the reference's formula (select_blocks / _select_chunk).
-    if use_triton:
+    if use_triton == "blockscore":  # bf16 tensor-core scorer, block scores straight from the kernel
+        from .triton_blockscore import block_scores_lowp
+
+        scores = block_scores_lowp(q, kc, int(pos[0]), num_blocks, block_size=block_size, kernel_size=kernel_size,
+                                   kernel_stride=kernel_stride, scale=scale) + 0.0
+    elif use_triton:
         from .triton_select import group_probabilities
 
         shared = group_probabilities(q, kc, int(pos[0]), kernel_size=kernel_size, kernel_stride=kernel_stride,
@@ -98,7 +103,9 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
         logits = (qg @ kc.permute(0, 2, 3, 1).unsqueeze(2)) * scale  # [B, Hkv, G, C, Nc]
         shared = masked_softmax(logits, visible[None, None, None]).sum(dim=2)  # [B, Hkv, C, Nc]
         del logits
-    scores = _block_scores(shared, num_blocks, block_size, kernel_stride) + 0.0  # [B, Hkv, C, NB], >= +0.0
+    if use_triton != "blockscore":
+        scores = _block_scores(shared, num_blocks, block_size, kernel_stride) + 0.0  # [B, Hkv, C, NB], >= +0.0
+        del shared
     # Exact top-k with the reference's tie rule: for non-negative floats the int32 bit pattern is monotonic, so
     # (bits << 32) | (NB - 1 - block) orders by score, then by lower block.
     key = (scores.view(torch.int32).long() << 32) | (num_blocks - 1 - blk)
@@ -112,13 +119,16 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
 # and softmax are memory-bound there); below it the torch scores are cheap and bit-for-bit the reference's.
 TRITON_SCORES_MIN_ELEMENTS = 2**26
 SCORES_ENV = "LONGFORGE_SPARSE_SCORES"
-SCORES_CHOICES = ("auto", "torch", "triton", "triton-lowp")
+SCORES_CHOICES = ("auto", "torch", "triton", "triton-lowp", "triton-bf16")
 
 
-def _use_triton_scores(q: Tensor, elements: int) -> bool | str:
-    """Which scorer computes the block scores: ``LONGFORGE_SPARSE_SCORES=auto|torch|triton|triton-lowp``.
+def _use_triton_scores(q: Tensor, elements: int, block_size: int = 64, kernel_stride: int = 16) -> bool | str:
+    """Which scorer computes the block scores: ``LONGFORGE_SPARSE_SCORES=auto|torch|triton|triton-lowp|triton-bf16``.
 
-    Returns False (torch), True (Triton, fp32-accurate) or ``"lowp"`` (Triton, dots in q's 16-bit dtype).
+    Returns False (torch, exact fp32), True (Triton, fp32-accurate), ``"lowp"`` (Triton, dots in q's 16-bit dtype)
+    or ``"blockscore"`` (``triton_blockscore``: flash-style bf16 two-pass that writes only block scores). ``auto``:
+    ``blockscore`` for large problems with 16-bit q on CUDA (as InfLLM-V2's own kernel: scores only rank blocks),
+    torch for small ones, Triton fp32-accurate for large fp32 ones.
     """
     choice = os.environ.get(SCORES_ENV, "auto").strip().lower() or "auto"
     if choice not in SCORES_CHOICES:
@@ -139,7 +149,18 @@ def _use_triton_scores(q: Tensor, elements: int) -> bool | str:
         return False
     if choice == "triton-lowp":
         return "lowp"
-    return choice == "triton" or elements >= TRITON_SCORES_MIN_ELEMENTS
+    from .triton_blockscore import supported
+
+    ok = supported(block_size, kernel_stride, q.shape[-1])
+    if choice == "triton-bf16":
+        if not ok:
+            raise ValueError(f"{SCORES_ENV}=triton-bf16 needs block_size / kernel_stride a power of two <= 64 and "
+                             "a head dim <= 256")
+        return "blockscore"
+    large = elements >= TRITON_SCORES_MIN_ELEMENTS
+    if choice == "auto" and large and ok and q.dtype in (torch.bfloat16, torch.float16):
+        return "blockscore"
+    return choice == "triton" or large
 
 
 def select_block_indices(
@@ -172,10 +193,15 @@ def select_block_indices(
     Hkv = kc.shape[2]
     scale = resolve_scale(scale, D)
     num_blocks = math.ceil(num_keys / block_size)
-    use_triton = _use_triton_scores(q, Tq * kc.shape[1] * B * H)
-    # Torch scores hold [B, H, C, Nc] logits per chunk; the Triton scorer only the group sums [B, Hkv, C, Nc].
-    step = selection_chunk_size(B, Hkv if use_triton else H, max(kc.shape[1], num_blocks, 1))
-    kcf = kc.detach().float()
+    use_triton = _use_triton_scores(q, Tq * kc.shape[1] * B * H, block_size, kernel_stride)
+    # Torch scores hold [B, H, C, Nc] logits per chunk; the Triton scorer only the group sums [B, Hkv, C, Nc];
+    # the bf16 block scorer only [B, Hkv, C, NB] (plus top-k's int64 keys of that size).
+    if use_triton == "blockscore":
+        step = selection_chunk_size(B, 2 * Hkv, max(num_blocks, 1))
+        kcf = kc.detach().to(q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.float32).contiguous()
+    else:
+        step = selection_chunk_size(B, Hkv if use_triton else H, max(kc.shape[1], num_blocks, 1))
+        kcf = kc.detach().float()
     outs = []
     with torch.no_grad():
         for start in range(0, Tq, step):
