@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# GPU verification of the long-context fast-path performance work (issue #5), ONE H200, <= 9 minutes:
+#   1. GPU tests of the changed fast paths (split prefix attention, bf16 block scorer, sparse paths)   (<= 60 s)
+#   2. micro-timing: chunked-prefill attention variants, InfLLM-V2 selection scorers, sparse total       (<= 50 s)
+#   3. longforge bench kernels 8K..128K (warm-up outside the timed calls)                               (<= 45 s)
+#   4. longforge bench model  sala-9b-shape vs qwen3-8b-shape, 8K..1M + the 1M check                    (the rest, <= 420 s)
+# Everything goes to $OUT/perf/ (5 files): model_*.{json,md,png}, kernels.tar.gz (kernels_*.{json,md,png}) and
+# logs.tar.gz (all logs, tests.log, timing.{json,md}, kernels_*).
+# Run from the repository root: bash scripts/gpu/perf.sh
+set -u
+cd "$(dirname "$0")/../.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=$PWD/src:/tmp/site:${PYTHONPATH:-} LONGFORGE_CACHE=/tmp/lfcache
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+OUTDIR=${OUT:-/tmp/out}/perf
+LOGS=/tmp/perf_logs
+mkdir -p "$OUTDIR" "$LOGS"
+LF="python3 -m longforge.cli"
+T0=$(date +%s)
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" \
+  2>&1 | tee "$LOGS/env.log"
+
+echo "== 1. GPU tests (changed fast paths)"
+timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_paths.py --durations=8 \
+  -k "split_prefix or bf16_block or sparse or attention_fast_matches_reference_gpu" > "$LOGS/tests.log" 2>&1
+echo "rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|error" "$LOGS/tests.log" | tail -3
+
+echo "== 2. micro-timing"
+cat > /tmp/perf_timing.py <<'PY'
+import json, sys, traceback
+import torch
+from longforge.ops.attention.sdpa import (fast_attention, lower_right_causal_sdpa, pick_prefix_variant, sdpa,
+                                          split_prefix_attention)
+from longforge.ops.attention.flex import flex_attention_masked
+from longforge.ops.sparse_attention.fast import fast_sparse_attention, select_block_indices
+from longforge.ops.sparse_attention.naive import compress_keys
+from longforge.ops.sparse_attention.triton_kernel import triton_sparse_attention
+import os
+
+out = sys.argv[1]
+rows = []
+dev, dt = "cuda", torch.bfloat16
+
+
+def timed(fn, reps=3):
+    fn(); fn()  # warm-up: compile / autotune / cuDNN plans
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(reps):
+        fn()
+    e.record(); torch.cuda.synchronize()
+    return s.elapsed_time(e) / reps
+
+
+def save():
+    md = ["# perf micro-timing (H200, bf16, batch 1)", "", "| what | T | ms | note |", "|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['what']} | {r['T']} | {r['ms'] if r['ms'] is not None else '—'} | {r.get('note', r.get('error', ''))} |")
+    open(f"{out}/timing.md", "w").write("\n".join(md) + "\n")
+    json.dump(rows, open(f"{out}/timing.json", "w"), indent=1)
+    return "\n".join(md)
+
+
+def rec(what, T, fn, reps=3):
+    try:
+        ms = timed(fn, reps)
+        rows.append({"what": what, "T": T, "ms": round(ms, 3)})
+    except Exception as err:  # noqa: BLE001
+        rows.append({"what": what, "T": T, "ms": None, "error": f"{type(err).__name__}: {err}"[:300]})
+        traceback.print_exc()
+    print(rows[-1], flush=True)
+    save()
+
+
+with torch.no_grad():
+    # chunked prefill: the last 32K queries of 256K keys, qwen3 attention shape (32 q / 8 kv x 128)
+    Tq, Tk = 32768, 262144
+    q = torch.randn(1, Tq, 32, 128, device=dev, dtype=dt)
+    k = torch.randn(1, Tk, 8, 128, device=dev, dtype=dt)
+    v = torch.randn(1, Tk, 8, 128, device=dev, dtype=dt)
+    variant = pick_prefix_variant(q, k, v)
+    rows.append({"what": "split variant picked", "T": Tk, "ms": None, "note": str(variant)})
+    if variant:
+        rec(f"prefill chunk 32K of 256K: split {variant}", Tk, lambda: split_prefix_attention(q, k, v, scale=128**-0.5, variant=variant))
+    rec("prefill chunk 32K of 256K: lower-right flash", Tk, lambda: lower_right_causal_sdpa(q, k, v, scale=128**-0.5))
+    rec("prefill chunk 32K of 256K: fast_attention (seam)", Tk, lambda: fast_attention(q, k, v, causal=True))
+    rec("prefill chunk 32K of 256K: FlexAttention", Tk, lambda: flex_attention_masked(q, k, v, scale=128**-0.5, causal=True, window=None, key_padding_mask=None), reps=1)
+    del q, k, v
+    # InfLLM-V2 at 128K, SALA config: 32 q / 2 kv heads x 128
+    T = 131072
+    cfg = dict(block_size=64, kernel_size=32, kernel_stride=16, topk=64, init_blocks=1, window_size=2048)
+    q = torch.randn(1, T, 32, 128, device=dev, dtype=dt)
+    k = torch.randn(1, T, 2, 128, device=dev, dtype=dt)
+    v = torch.randn(1, T, 2, 128, device=dev, dtype=dt)
+    rec("dense causal SDPA cuDNN (32q/2kv)", T, lambda: sdpa(q, k, v, scale=128**-0.5, is_causal=True))
+    kc = compress_keys(k, 32, 16)
+    qs = q[:, 8191:]
+    for scorer in ("triton-bf16", "triton-lowp", "triton"):
+        os.environ["LONGFORGE_SPARSE_SCORES"] = scorer
+        rec(f"sparse selection {scorer}", T, lambda: select_block_indices(qs, kc, num_keys=T, **cfg), reps=2)
+    os.environ["LONGFORGE_SPARSE_SCORES"] = "auto"
+    idx, cnt = select_block_indices(qs, kc, num_keys=T, **cfg)
+    rec("sparse Triton kernel (attention only)", T, lambda: triton_sparse_attention(qs, k, v, idx, cnt, 128**-0.5, 64))
+    del idx, cnt
+    rec("sparse total fast_sparse_attention (auto = bf16 scorer)", T, lambda: fast_sparse_attention(q, k, v, dense_len=8192, **cfg), reps=2)
+    rec("sparse decode (1 query)", T, lambda: fast_sparse_attention(q[:, -1:], k, v, compressed_k=kc, dense_len=8192, **cfg), reps=20)
+    rec("dense decode SDPA (1 query)", T, lambda: sdpa(q[:, -1:], k, v, scale=128**-0.5), reps=20)
+
+print(save())
+PY
+timeout 50 python3 /tmp/perf_timing.py "$LOGS" > "$LOGS/timing.log" 2>&1
+echo "rc=$? ($(( $(date +%s) - T0 )) s)"; cat "$LOGS/timing.md" 2>/dev/null || tail -5 "$LOGS/timing.log"
+
+echo "== 3. bench kernels"
+timeout 45 $LF bench kernels --out "$OUTDIR" --lengths 8K,32K,128K > "$LOGS/kernels.log" 2>&1
+echo "rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "^ *(dense|full|sliding|sparse|lightning) @" "$LOGS/kernels.log"
+
+echo "== 4. bench model"
+LEFT=$(( 530 - ( $(date +%s) - T0 ) ))
+[ "$LEFT" -gt 420 ] && LEFT=420
+BUDGET=$(( LEFT - 25 ))
+echo "time left for bench model: $LEFT s (budget $BUDGET s)"
+timeout "$LEFT" $LF bench model --out "$OUTDIR" --decode-tokens 32 --time-budget-s "$BUDGET" > "$LOGS/model.log" 2>&1
+echo "rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "^\[|warm-up|tokens  |check|records" "$LOGS/model.log"
+
+for f in "$OUTDIR"/kernels_*; do [ -f "$f" ] && mv "$f" "$LOGS/"; done
+tar -czf "$OUTDIR/kernels.tar.gz" -C "$LOGS" $(cd "$LOGS" && ls kernels_* 2>/dev/null) 2>/dev/null
+tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGS" . 2>/dev/null
+echo "== summary ($(( $(date +%s) - T0 )) s)"
+for f in "$OUTDIR"/model_*.md; do [ -f "$f" ] && sed -n '/Speedup/,$p' "$f"; done
+ls -la "$OUTDIR"
