@@ -326,6 +326,23 @@ def test_sparse_decode_with_cached_compressed_keys_gpu():
     assert _rel_err(fast, ref) < 2e-2
 
 
+def test_sparse_decode_path_on_cpu():
+    """The one-token decode path (selection from cached compressed keys, gathered blocks, one SDPA call) equals the
+    reference, including GQA, Dv != D, several init blocks and a ragged last block."""
+    from longforge.ops.sparse_attention.fast import sparse_decode
+
+    gen = torch.Generator().manual_seed(8)
+    for B, Tk, H, Hkv, D, Dv, cfg in (
+        (2, 517, 4, 1, 32, 16, dict(SPARSE_CFG)),
+        (1, 70, 4, 2, 16, 16, dict(SPARSE_CFG, topk=8, init_blocks=2, window_size=40)),
+    ):
+        q, k, v = (torch.randn(*s, generator=gen) for s in ((B, 1, H, D), (B, Tk, Hkv, D), (B, Tk, Hkv, Dv)))
+        kc = compress_keys(k, cfg["kernel_size"], cfg["kernel_stride"])
+        out = sparse_decode(q, k, v, kc, scale=D**-0.5, **cfg)
+        ref = naive_sparse_attention(q, k, v, compressed_k=kc, dense_len=0, **cfg)
+        assert _rel_err(out, ref) < 1e-5
+
+
 def test_sparse_selection_indices_on_cpu():
     for case in SPARSE_CASES[:3]:
         (q, k, _), cfg = _sparse_case(case, torch.float32, "cpu")

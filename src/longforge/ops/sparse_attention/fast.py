@@ -18,7 +18,8 @@
 Explicit fallbacks to ``naive_sparse_attention`` (same result), with a one-time warning naming the reason:
 tensors not on CUDA (unless ``LONGFORGE_SPARSE_TRITON_INTERPRET=1`` and ``TRITON_INTERPRET=1``, used by the CPU
 test), triton missing, q/k/v of different dtypes, or a head dim above 256.
-The one-token decode path is the same code: one query, its blocks chosen from the cached ``compressed_k``.
+One sparse query without grad (decode) takes ``sparse_decode``: the same fp32 selection from the cached
+``compressed_k``, the selected blocks gathered per kv head, one SDPA call (no Triton launches, no sort).
 """
 
 from __future__ import annotations
@@ -224,6 +225,33 @@ def select_block_indices(
     return idx, cnt.contiguous()
 
 
+def sparse_decode(q: Tensor, k: Tensor, v: Tensor, kc: Tensor, *, block_size: int, kernel_size: int,
+                  kernel_stride: int, topk: int, init_blocks: int, window_size: int, scale: float) -> Tensor:
+    """One query (the last of ``Tk`` positions) through InfLLM-V2, without the Triton machinery: the reference's
+    fp32 selection from the cached compressed keys (every complete window is visible to the last position), the
+    selected blocks' keys / values gathered per kv head, and one SDPA call with the group's G heads as queries.
+
+    q ``[B, 1, H, D]``, k / v ``[B, Tk, Hkv, D|Dv]``, kc ``[B, Nc, Hkv, D]`` -> ``[B, 1, H, Dv]``. No autograd.
+    """
+    B, _, H, D = q.shape
+    Tk, Hkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    G = H // Hkv
+    num_blocks = math.ceil(Tk / block_size)
+    pos = torch.full((1,), Tk - 1, device=q.device, dtype=torch.long)
+    with torch.no_grad():
+        ids = _select_chunk_indices(q.detach(), kc.detach().float(), pos, num_blocks, block_size, kernel_size,
+                                    kernel_stride, topk, init_blocks, window_size, scale)[:, :, 0]  # [B, Hkv, S]
+        ids = ids.long()
+        tok = ids.clamp(min=0)[..., None] * block_size + torch.arange(block_size, device=q.device)  # [B, Hkv, S, Bs]
+        valid = ((ids >= 0)[..., None] & (tok < Tk)).flatten(2)  # [B, Hkv, N]
+        tok = tok.clamp(max=Tk - 1).flatten(2)
+        kg = torch.gather(k.transpose(1, 2), 2, tok[..., None].expand(B, Hkv, tok.shape[-1], D))
+        vg = torch.gather(v.transpose(1, 2), 2, tok[..., None].expand(B, Hkv, tok.shape[-1], Dv))
+        qg = q.reshape(B, Hkv, G, D)
+        o = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, attn_mask=valid[:, :, None, :], scale=scale)
+    return o.reshape(B, 1, H, Dv)
+
+
 def _fallback_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     interpret = os.environ.get("LONGFORGE_SPARSE_TRITON_INTERPRET") == "1" and os.environ.get("TRITON_INTERPRET") == "1"
     if q.device.type != "cuda" and not interpret:
@@ -278,7 +306,13 @@ def fast_sparse_attention(
 
         end = offset + n_dense
         outs.append(attention(q[:, :n_dense], k[:, :end], v[:, :end], scale=scale, causal=True))
-    if n_dense < Tq:
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if n_dense < Tq and Tq - n_dense == 1 and not needs_grad:  # decode: one sparse query, no Triton kernels
+        kc = compress_keys(k.detach(), kernel_size, kernel_stride) if compressed_k is None else compressed_k
+        outs.append(sparse_decode(q[:, n_dense:], k, v, kc, block_size=block_size, kernel_size=kernel_size,
+                                  kernel_stride=kernel_stride, topk=topk, init_blocks=init_blocks,
+                                  window_size=window_size, scale=scale))
+    elif n_dense < Tq:
         from .triton_kernel import triton_sparse_attention
 
         qs = q[:, n_dense:]
@@ -292,4 +326,4 @@ def fast_sparse_attention(
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
-__all__ = ["fast_sparse_attention", "select_block_indices", "selection_chunk_size"]
+__all__ = ["fast_sparse_attention", "select_block_indices", "selection_chunk_size", "sparse_decode"]
