@@ -45,6 +45,7 @@ _SELECT_ELEMENTS = 2**27
 _MAX_SELECT_CHUNK = 4096
 _MAX_HEAD_DIM = 256
 _warned: set[str] = set()
+_blockscore_failed: list[str] = []  # the bf16 block scorer raised once here: "auto" stops choosing it
 
 
 def _warn_once(message: str) -> None:
@@ -88,23 +89,29 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
         return forced_ids
     # Compressed-key scores, exactly the reference's formula (select_blocks / _select_chunk).
     if use_triton == "blockscore":  # bf16 tensor-core scorer, block scores straight from the kernel
-        from .triton_blockscore import block_scores_lowp
+        try:
+            from .triton_blockscore import block_scores_lowp
 
-        scores = block_scores_lowp(q, kc, int(pos[0]), num_blocks, block_size=block_size, kernel_size=kernel_size,
-                                   kernel_stride=kernel_stride, scale=scale) + 0.0
-    elif use_triton:
-        from .triton_select import group_probabilities
-
-        shared = group_probabilities(q, kc, int(pos[0]), kernel_size=kernel_size, kernel_stride=kernel_stride,
-                                     scale=scale, low_precision=use_triton == "lowp")  # [B, Hkv, C, Nc]
-    else:
-        window_end = torch.arange(Nc, device=dev) * kernel_stride + kernel_size - 1
-        visible = window_end <= pos[:, None]  # [C, Nc]
-        qg = q.float().reshape(B, C, Hkv, G, D).permute(0, 2, 3, 1, 4)  # [B, Hkv, G, C, D]
-        logits = (qg @ kc.permute(0, 2, 3, 1).unsqueeze(2)) * scale  # [B, Hkv, G, C, Nc]
-        shared = masked_softmax(logits, visible[None, None, None]).sum(dim=2)  # [B, Hkv, C, Nc]
-        del logits
+            scores = block_scores_lowp(q, kc, int(pos[0]), num_blocks, block_size=block_size,
+                                       kernel_size=kernel_size, kernel_stride=kernel_stride, scale=scale) + 0.0
+        except Exception as err:  # noqa: BLE001 - a compile/launch failure: the 16-bit group-probability scorer
+            _blockscore_failed.append(f"{type(err).__name__}: {err}")
+            _warn_once(f"sparse_attention: the bf16 block scorer failed ({_blockscore_failed[0][:300]}); "
+                       "using the Triton group-probability scorer")
+            use_triton = "lowp"
     if use_triton != "blockscore":
+        if use_triton:
+            from .triton_select import group_probabilities
+
+            shared = group_probabilities(q, kc, int(pos[0]), kernel_size=kernel_size, kernel_stride=kernel_stride,
+                                         scale=scale, low_precision=use_triton == "lowp")  # [B, Hkv, C, Nc]
+        else:
+            window_end = torch.arange(Nc, device=dev) * kernel_stride + kernel_size - 1
+            visible = window_end <= pos[:, None]  # [C, Nc]
+            qg = q.float().reshape(B, C, Hkv, G, D).permute(0, 2, 3, 1, 4)  # [B, Hkv, G, C, D]
+            logits = (qg @ kc.float().permute(0, 2, 3, 1).unsqueeze(2)) * scale  # [B, Hkv, G, C, Nc]
+            shared = masked_softmax(logits, visible[None, None, None]).sum(dim=2)  # [B, Hkv, C, Nc]
+            del logits
         scores = _block_scores(shared, num_blocks, block_size, kernel_stride) + 0.0  # [B, Hkv, C, NB], >= +0.0
         del shared
     # Exact top-k with the reference's tie rule: for non-negative floats the int32 bit pattern is monotonic, so
@@ -159,7 +166,7 @@ def _use_triton_scores(q: Tensor, elements: int, block_size: int = 64, kernel_st
                              "a head dim <= 256")
         return "blockscore"
     large = elements >= TRITON_SCORES_MIN_ELEMENTS
-    if choice == "auto" and large and ok and q.dtype in (torch.bfloat16, torch.float16):
+    if choice == "auto" and large and ok and q.dtype in (torch.bfloat16, torch.float16) and not _blockscore_failed:
         return "blockscore"
     return choice == "triton" or large
 
