@@ -139,3 +139,27 @@ def test_flop_counts_and_lengths():
     assert parse_length("8K") == 8192 and parse_length("1M") == 1048576 and parse_length("100") == 100
     with pytest.raises(ValueError, match="positive integer"):
         parse_length("12Q")
+
+
+def test_kernel_timing_excludes_the_cold_call():
+    """Compilation / autotuning in the first call never enters the result (the first call is untimed)."""
+    import time as _time
+
+    calls = []
+
+    def call():
+        calls.append(1)
+        _time.sleep(0.3 if len(calls) == 1 else 0.001)
+
+    sec = bench_kernels.time_call(call, torch.device("cpu"), repeats=3)
+    assert sec < 0.05 and len(calls) >= 3
+
+
+def test_model_bench_warm_up_runs_untimed(tmp_path):
+    """The warm-up generation (two prefill chunks, then decode) runs once per model before the timed requests."""
+    logs = []
+    records = bench_model.run(out_dir=tmp_path, models=("tiny-hybrid-shape",), lengths=(24,), decode_tokens=2,
+                              chunk_size=8, dtype="fp32", device="cpu", warmup=True, log=logs.append)
+    warm = [line for line in logs if "warm-up" in line]
+    assert len(warm) == 1 and "16 prompt tokens" in warm[0]
+    assert records[0]["status"] == "ok"
