@@ -55,6 +55,11 @@ def test_selection_score_on_hand_made_numbers():
     # sala keeps the first and last layers in any case and fills the rest by score.
     assert kept_layers([0, 9, 3, 1, 7, 2, 0, 0], 0.5, "sala") == [0, 1, 4, 7]
     assert kept_layers([0, 9, 3, 1, 7, 2, 0, 0], 0.25, "sala") == [0, 7]
+    # capped ties go to the larger retrieval drop (the measured tiny-teacher sweep: layers 1, 5, 6 all at 50)
+    scores = [29.9, 50.0, 18.1, 27.7, 0.0, 50.0, 50.0, 15.9]
+    drop = [25.4, 57.1, 2.2, 1.5, 0.0, 86.9, 0.7, 2.2]
+    assert kept_layers(scores, 0.25, "hypenet", drop) == [1, 5]
+    assert kept_layers(scores, 0.375, "sala", drop) == [0, 5, 7]
     with pytest.raises(ValueError, match="one R and one C"):
         selection_scores([1.0], [1.0, 2.0])
 

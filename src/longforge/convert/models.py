@@ -164,14 +164,18 @@ def assemble_hybrid(
     return hybrid
 
 
-def kept_layers(scores: list[float], ratio: float, recipe: str) -> list[int]:
-    """The layers that stay attention: the top ``round(ratio · L)`` by score (ties → lower index); ``sala`` keeps the
-    first and last layers in any case (MiniCPM-SALA, for training stability) and fills the rest by score."""
+def kept_layers(
+    scores: list[float], ratio: float, recipe: str, retrieval_drop: list[float] | None = None
+) -> list[int]:
+    """The layers that stay attention: the top ``round(ratio · L)`` by score; ``sala`` keeps the first and last layers
+    in any case (MiniCPM-SALA, for training stability) and fills the rest by score. Ties — typically several layers at
+    the cap of 50 — go to the larger retrieval drop ``max R − R_i`` when given, then to the lower index."""
     n = len(scores)
     count = max(1, round(ratio * n))
     forced = [0, n - 1] if recipe == "sala" and n > 1 else []
     count = max(count, len(forced))
-    order = sorted((i for i in range(n) if i not in forced), key=lambda i: (-scores[i], i))
+    drop = retrieval_drop or [0.0] * n
+    order = sorted((i for i in range(n) if i not in forced), key=lambda i: (-scores[i], -drop[i], i))
     return sorted(forced + order[: count - len(forced)])
 
 

@@ -241,7 +241,7 @@ class _Run:
                     self.students[i].float()
                     advance(1, f"layer {i}: R {retrieval[-1]:.1f} C {general[-1]:.4f}")
             scores = selection_scores(retrieval, general)
-            keep = kept_layers(scores, self.cfg.attn_ratio, self.cfg.recipe)
+            keep = kept_layers(scores, self.cfg.attn_ratio, self.cfg.recipe, [max(retrieval) - r for r in retrieval])
             selection = {
                 "keep": keep, "given": False, "retrieval": retrieval, "general": general, "scores": scores,
                 "teacher_retrieval": base_r, "teacher_general": base_c, "tasks": cfg.tasks, "length": cfg.length,

@@ -493,6 +493,25 @@ def _too_short(task: str, max_seq_length: int, needed: int) -> ValueError:
     )
 
 
+# Building samples (haystack fitting by binary search on the tokenizer) costs more than evaluating a tiny model on
+# them; callers that evaluate several models on the same samples (HALO's layer sweep, the HyPE sweep, teacher vs
+# student reports) reuse them. Samples are read-only for `evaluate`.
+_SAMPLE_MEMO: dict = {}
+_SAMPLE_MEMO_SIZE = 128
+
+
+def _memo_samples(name, tokenizer, length, num_samples, seed, chat_template, qa_file) -> list[dict]:
+    key = (name, id(tokenizer), getattr(tokenizer, "name_or_path", None), len(tokenizer), length, num_samples, seed,
+           chat_template, str(qa_file))  # fmt: skip
+    if key not in _SAMPLE_MEMO:
+        if len(_SAMPLE_MEMO) >= _SAMPLE_MEMO_SIZE:
+            _SAMPLE_MEMO.pop(next(iter(_SAMPLE_MEMO)))
+        _SAMPLE_MEMO[key] = generate_samples(
+            name, tokenizer, length, num_samples, seed, chat_template=chat_template, qa_file=qa_file
+        )
+    return _SAMPLE_MEMO[key]
+
+
 def generate_samples(
     task: str,
     tokenizer,
@@ -619,9 +638,7 @@ def evaluate(
         for length in lengths:
             for name in names:
                 bar.describe(f"{name} @ {length}: preparing")
-                samples = generate_samples(
-                    name, tokenizer, length, num_samples, seed, chat_template=chat_template, qa_file=qa_files.get(name)
-                )
+                samples = _memo_samples(name, tokenizer, length, num_samples, seed, chat_template, qa_files.get(name))
                 bar.describe(f"{name} @ {length}")
                 predictions = greedy_generate(
                     model,
