@@ -186,7 +186,9 @@ def _meta(q: Tensor, k: Tensor, v: Tensor, block_size: int) -> dict:
                 IEEE=q.dtype == torch.float32)
 
 
-def sparse_fwd(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, scale: float, block_size: int):
+def sparse_fwd(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, scale: float, block_size: int,
+               **launch):
+    """Forward kernel; ``launch`` optionally sets Triton's ``num_warps`` / ``num_stages`` (benchmarks compare them)."""
     B, Tq, H, D = q.shape
     Tk, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
     o = torch.empty(B, Tq, H, Dv, dtype=q.dtype, device=q.device)
@@ -203,7 +205,7 @@ def sparse_fwd(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, scale:
         idx.stride(0), idx.stride(1), idx.stride(2),
         cnt.stride(0), cnt.stride(1),
         Tq, Tk, Hkv, H // Hkv, D, Dv, idx.shape[-1],
-        **_meta(q, k, v, block_size),
+        **_meta(q, k, v, block_size), **launch,
     )
     return o, lse
 
