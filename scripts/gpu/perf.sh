@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GPU verification of the long-context fast-path performance work (issue #5), ONE H200, <= 9 minutes:
 #   1. GPU tests of the changed fast paths (split prefix attention, bf16 block scorer, sparse paths)   (<= 80 s)
-#   2. longforge bench model  sala-9b-shape vs qwen3-8b-shape, 8K..1M + the 1M check                    (<= 330 s)
+#   2. longforge bench model  sala-9b-shape vs qwen3-8b-shape, 8K..1M + the 1M check                    (<= 320 s)
 #   3. micro-timing: chunked-prefill attention variants, selection scorers, sparse kernel configs       (<= 55 s)
 #   4. longforge bench kernels 8K..128K, no lightning (fla autotunes ~40 s; bench model runs it)        (<= 40 s)
+#   5. decode profile of 4-layer slices of both shapes (torch.profiler tables, for the next round)     (<= 30 s)
 # Everything goes to $OUT/perf/ (5 files): model_*.{json,md,png}, kernels.tar.gz (kernels_*.{json,md,png}) and
 # logs.tar.gz (all logs, tests.log, timing.{json,md}, kernels_*).
 # Run from the repository root: bash scripts/gpu/perf.sh
@@ -30,8 +31,8 @@ timeout 35 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_p
 echo "sparse tests rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|FAILED|error" "$LOGS/tests.log" | tail -4
 
 echo "== 2. bench model"
-LEFT=$(( 430 - ( $(date +%s) - T0 ) ))
-[ "$LEFT" -gt 330 ] && LEFT=330
+LEFT=$(( 410 - ( $(date +%s) - T0 ) ))
+[ "$LEFT" -gt 320 ] && LEFT=320
 BUDGET=$(( LEFT - 20 ))
 echo "time left for bench model: $LEFT s (budget $BUDGET s)"
 timeout "$LEFT" $LF bench model --out "$OUTDIR" --decode-tokens 32 --time-budget-s "$BUDGET" > "$LOGS/model.log" 2>&1
@@ -135,6 +136,48 @@ echo "rc=$? ($(( $(date +%s) - T0 )) s)"; cat "$LOGS/timing.md" 2>/dev/null || t
 echo "== 4. bench kernels"
 timeout 40 $LF bench kernels --out "$OUTDIR" --lengths 8K,32K,128K --mixers dense,full,sliding,sparse > "$LOGS/kernels.log" 2>&1
 echo "rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "^ *(dense|full|sliding|sparse|lightning) @" "$LOGS/kernels.log"
+
+echo "== 5. decode profile (4-layer slices of both shapes: where a decoded token's time goes)"
+cat > /tmp/perf_decode.py <<'PY'
+import sys, time
+import torch
+from longforge.bench.model import build_random_model
+from longforge.infer import InferenceEngine
+from longforge.models import load_config
+
+dev = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")
+small = dev.type == "cpu"  # CPU smoke run of the plumbing
+dtype = torch.float32 if small else torch.bfloat16
+T = 300 if small else 12288
+for name in ("qwen3-8b-shape", "sala-9b-shape"):
+    c = load_config(name)
+    c.num_hidden_layers = 4
+    c.layer_types = c.layer_types[:4]
+    if small:
+        c.hidden_size, c.intermediate_size, c.vocab_size = 256, 512, 1000
+        c.num_attention_heads, c.head_dim = 4, 64
+        c.num_key_value_heads = 2 if name.startswith("q") else 1
+        c.sparse_dense_len = 128
+        if hasattr(c, "lightning_num_heads"):
+            c.lightning_num_heads = 4
+    m = build_random_model(c, dev, dtype)
+    eng = InferenceEngine(m, chunk_size=T)
+    p = torch.randint(0, c.vocab_size, (1, T), device=dev)
+    eng.generate(p, 4, eos_token_id=None)
+    r = eng.generate(p, 33, eos_token_id=None)
+    print(f"{name} (4 of {load_config(name).num_hidden_layers} layers {c.layer_types}) @ {T}: "
+          f"{1e3 / r.decode_tokens_per_s:.2f} ms per decoded token", flush=True)
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        eng.generate(p[:, : T // 2], 9, eos_token_id=None)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
+    if dev.type == "cuda":
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15), flush=True)
+    del m, eng
+PY
+timeout 30 python3 /tmp/perf_decode.py cuda > "$LOGS/decode_profile.log" 2>&1
+echo "rc=$? ($(( $(date +%s) - T0 )) s)"; grep "ms per decoded token" "$LOGS/decode_profile.log"
 
 for f in "$OUTDIR"/kernels_*; do [ -f "$f" ] && mv "$f" "$LOGS/"; done
 tar -czf "$OUTDIR/kernels.tar.gz" -C "$LOGS" $(cd "$LOGS" && ls kernels_* 2>/dev/null) 2>/dev/null
