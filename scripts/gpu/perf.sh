@@ -3,8 +3,8 @@
 #   1. GPU tests of the changed fast paths (split prefix attention, bf16 block scorer, sparse paths)   (<= 80 s)
 #   2. longforge bench model  sala-9b-shape vs qwen3-8b-shape, 8K..1M + the 1M check                    (<= 320 s)
 #   3. micro-timing: chunked-prefill attention variants, selection scorers, sparse kernel configs       (<= 55 s)
-#   4. longforge bench kernels 8K..128K, no lightning (fla autotunes ~40 s; bench model runs it)        (<= 40 s)
-#   5. decode profile of 4-layer slices of both shapes (torch.profiler tables, for the next round)     (<= 30 s)
+#   4. longforge bench kernels 8K..128K, no lightning (fla autotunes ~40 s; bench model runs it)        (<= 35 s)
+#   5. decode profile of 4-layer slices of both shapes (torch.profiler tables, for the next round)     (<= 25 s)
 # Everything goes to $OUT/perf/ (5 files): model_*.{json,md,png}, kernels.tar.gz (kernels_*.{json,md,png}) and
 # logs.tar.gz (all logs, tests.log, timing.{json,md}, kernels_*).
 # Run from the repository root: bash scripts/gpu/perf.sh
@@ -134,7 +134,7 @@ timeout 55 python3 /tmp/perf_timing.py "$LOGS" > "$LOGS/timing.log" 2>&1
 echo "rc=$? ($(( $(date +%s) - T0 )) s)"; cat "$LOGS/timing.md" 2>/dev/null || tail -5 "$LOGS/timing.log"
 
 echo "== 4. bench kernels"
-timeout 40 $LF bench kernels --out "$OUTDIR" --lengths 8K,32K,128K --mixers dense,full,sliding,sparse > "$LOGS/kernels.log" 2>&1
+timeout 35 $LF bench kernels --out "$OUTDIR" --lengths 8K,32K,128K --mixers dense,full,sliding,sparse > "$LOGS/kernels.log" 2>&1
 echo "rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "^ *(dense|full|sliding|sparse|lightning) @" "$LOGS/kernels.log"
 
 echo "== 5. decode profile (4-layer slices of both shapes: where a decoded token's time goes)"
@@ -176,7 +176,7 @@ for name in ("qwen3-8b-shape", "sala-9b-shape"):
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15), flush=True)
     del m, eng
 PY
-timeout 30 python3 /tmp/perf_decode.py cuda > "$LOGS/decode_profile.log" 2>&1
+timeout 25 python3 /tmp/perf_decode.py cuda > "$LOGS/decode_profile.log" 2>&1
 echo "rc=$? ($(( $(date +%s) - T0 )) s)"; grep "ms per decoded token" "$LOGS/decode_profile.log"
 
 for f in "$OUTDIR"/kernels_*; do [ -f "$f" ] && mv "$f" "$LOGS/"; done
