@@ -168,6 +168,28 @@ def test_lightning_fla_matches_reference_gpu(B, T, H, K, V, dtype, mode, monkeyp
     _compare(*_fwd_bwd(fast, [q, k, v, h0]), *_fwd_bwd(ref, [q, k, v, h0]), 2 * _tol(dtype))
 
 
+def test_lightning_one_token_step_and_decay_check_on_cpu():
+    """The one-token decode step (used on CUDA instead of fla's fused_recurrent) equals the reference, with and
+    without a state; the decay sign check is cached per tensor version, so an in-place change is still caught."""
+    from longforge.ops.linear_attention.fla import _one_token
+    from longforge.ops.linear_attention.naive import _check_inputs
+
+    gen = torch.Generator().manual_seed(6)
+    q, k = torch.randn(2, 1, 4, 16, generator=gen), torch.randn(2, 1, 4, 16, generator=gen)
+    v, h0 = torch.randn(2, 1, 4, 8, generator=gen), torch.randn(2, 4, 16, 8, generator=gen)
+    g = alibi_decay(4)
+    for state in (None, h0):
+        o, S = _one_token(q.bfloat16(), k.bfloat16(), v.bfloat16(), g, 0.25, state, True)
+        ro, rS = lightning_recurrent(q.bfloat16(), k.bfloat16(), v.bfloat16(), g, scale=0.25, initial_state=state,
+                                     output_final_state=True)
+        assert o.dtype == torch.bfloat16 and S.dtype == torch.float32
+        assert _rel_err(o, ro) < 1e-2 and _rel_err(S, rS) < 1e-5
+    _check_inputs(q, k, v, g, None)
+    g.add_(1.0)  # now positive: must be re-checked and refused
+    with pytest.raises(ValueError, match="log decay"):
+        _check_inputs(q, k, v, g, None)
+
+
 def test_lightning_fla_falls_back_explicitly_on_cpu():
     q, k, v = (torch.randn(1, 10, 2, 8) for _ in range(3))
     g = alibi_decay(2)

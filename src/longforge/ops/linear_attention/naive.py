@@ -46,6 +46,24 @@ def alibi_decay(num_heads: int, *, device: torch.device | str | None = None) -> 
     return (-torch.pow(2.0, -8.0 * (h + 1) / num_heads)).to(torch.float32)
 
 
+def _check_log_decay(g_gamma: Tensor) -> None:
+    """``g_gamma <= 0`` everywhere, else ValueError. The check reads the values (a device sync on a GPU), so a
+    tensor that passed is marked with its version counter and not re-read until it is modified in place: a model's
+    decay buffer is checked once, not at every decoded token of every layer."""
+    try:
+        version = g_gamma._version
+    except RuntimeError:  # an inference tensor has no version counter: marked once (in-place edits go unseen)
+        version = "inference"
+    if getattr(g_gamma, "_lf_nonpositive_at_version", None) == version:
+        return
+    if bool((g_gamma > 0).any()):
+        raise ValueError("g_gamma is a log decay and must be <= 0 for every head (exp(g) <= 1)")
+    try:
+        g_gamma._lf_nonpositive_at_version = version
+    except (AttributeError, RuntimeError):
+        pass
+
+
 def _check_inputs(
     q: Tensor, k: Tensor, v: Tensor, g_gamma: Tensor, initial_state: Tensor | None
 ) -> tuple[int, int, int, int, int]:
@@ -65,8 +83,7 @@ def _check_inputs(
     V = v.shape[3]
     if g_gamma.shape != (H,):
         raise ValueError(f"g_gamma must have shape [H] = [{H}] (one log decay per head), got {tuple(g_gamma.shape)}")
-    if bool((g_gamma > 0).any()):
-        raise ValueError("g_gamma is a log decay and must be <= 0 for every head (exp(g) <= 1)")
+    _check_log_decay(g_gamma)
     if initial_state is not None:
         if not isinstance(initial_state, Tensor) or not initial_state.is_floating_point():
             raise ValueError("initial_state must be a floating-point tensor [B, H, K, V] or None")
