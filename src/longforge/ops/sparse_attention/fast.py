@@ -60,7 +60,7 @@ def selection_chunk_size(batch: int, num_heads: int, width: int) -> int:
 
 
 def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kernel_stride, topk, init_blocks,
-                          window_size, scale, use_triton=False):
+                          window_size, scale, use_triton=False, check_candidates=True):
     """One chunk: q ``[B, C, H, D]``, kc ``[B, Nc, Hkv, D]`` fp32, pos ``[C]`` -> idx ``[B, Hkv, C, S]`` (-1 = none)."""
     B, C, H, D = q.shape
     Nc, Hkv = kc.shape[1], kc.shape[2]
@@ -85,7 +85,8 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
     forced_ids = torch.cat(parts, dim=-1) if parts else torch.empty(C, 0, dtype=torch.long, device=dev)
     forced_ids = forced_ids[None, None].expand(B, Hkv, C, forced_ids.shape[-1])
     k_eff = min(topk, num_blocks)
-    if k_eff == 0 or not bool(candidate.any()):
+    # (With no candidate at all the top-k below yields only -1 ids, so skipping this device sync is always exact.)
+    if k_eff == 0 or (check_candidates and not bool(candidate.any())):
         return forced_ids
     # Compressed-key scores, exactly the reference's formula (select_blocks / _select_chunk).
     if use_triton == "blockscore":  # bf16 tensor-core scorer, block scores straight from the kernel
@@ -247,7 +248,8 @@ def sparse_decode(q: Tensor, k: Tensor, v: Tensor, kc: Tensor, *, block_size: in
     pos = torch.full((1,), Tk - 1, device=q.device, dtype=torch.long)
     with torch.no_grad():
         ids = _select_chunk_indices(q.detach(), kc.detach().float(), pos, num_blocks, block_size, kernel_size,
-                                    kernel_stride, topk, init_blocks, window_size, scale)[:, :, 0]  # [B, Hkv, S]
+                                    kernel_stride, topk, init_blocks, window_size, scale,
+                                    check_candidates=False)[:, :, 0]  # [B, Hkv, S]
         ids = ids.long()
         tok = ids.clamp(min=0)[..., None] * block_size + torch.arange(block_size, device=q.device)  # [B, Hkv, S, Bs]
         valid = ((ids >= 0)[..., None] & (tok < Tk)).flatten(2)  # [B, Hkv, N]
