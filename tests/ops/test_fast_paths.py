@@ -312,8 +312,7 @@ def test_sparse_bf16_block_scorer_gpu(monkeypatch):
 def test_attention_split_prefix_variants_gpu():
     """Chunked-prefill attention (causal, Tq < Tk) without FlexAttention: the variant picked for inference (prefix
     + diagonal merged by log-sum-exp) and the lower-right flash path, against the reference."""
-    from longforge.ops.attention.sdpa import (lower_right_causal_sdpa, pick_prefix_variant,
-                                               split_prefix_attention)
+    from longforge.ops.attention.sdpa import lower_right_causal_sdpa, pick_prefix_variant, split_prefix_attention
 
     gen = torch.Generator().manual_seed(4)
     q, k, v = (x.detach() for x in _leaves((1, 1000, 8, 128), (1, 3000, 2, 128), (1, 3000, 2, 128),

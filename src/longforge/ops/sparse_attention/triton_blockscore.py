@@ -13,7 +13,8 @@ over the visible compressed-key tiles only (a causal bound per tile of tokens):
 The block score of ``_block_scores`` (window ``j in [r m - 1, r m + r - 1]``) is then
 ``max(gmax[m], edge[m - 1])`` -- one elementwise op in PyTorch. Dots are bf16/fp16 with fp32 accumulation, so
 blocks whose fp32 scores nearly tie can rank differently from the fp32 reference (``LONGFORGE_SPARSE_SCORES=torch``
-keeps the exact scorer). Loops have runtime (causal) bounds on the GPU; under ``TRITON_INTERPRET=1`` they sweep every tile instead.
+keeps the exact scorer). Loops have runtime (causal) bounds on the GPU; under ``TRITON_INTERPRET=1`` they sweep
+every tile instead.
 """
 
 from __future__ import annotations
