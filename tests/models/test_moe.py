@@ -215,3 +215,30 @@ def test_deco_replication_runs_every_variant_tiny(tmp_path, monkeypatch):
     assert {p.name for p in (tmp_path / "rep").glob("deco_replication*")} == {
         "deco_replication.json", "deco_replication.md", "deco_replication_loss.png", "deco_replication_rho.png"
     }
+
+
+def test_deco_replication_compares_truncated_runs_at_a_common_step(tmp_path):
+    """Runs cut short by the time budget stop at different steps: the DECO-vs-dense check uses the last evaluation
+    step that every run reached, not the unequal final losses."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "deco_replication.py"
+    spec = importlib.util.spec_from_file_location("deco_replication", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(steps, losses, rho=None):
+        hist = [{"step": s, "eval_loss": l, **({"moe_rho": rho, "moe_lambda": 1e-3} if rho else {})}
+                for s, l in zip(steps, losses)]
+        return {"params": 1, "seconds": 1.0, "tokens": steps[-1] * 10, "steps": steps[-1], "truncated": True,
+                "history": hist}
+
+    runs = {"dense": run([50, 100, 150, 173], [5.0, 4.0, 3.0, 2.0]), "deco": run([50, 100, 121], [5.1, 4.05, 3.9],
+                                                                                   rho=0.21)}
+    summary = mod.summarize(mod.RECIPE, runs, tmp_path, 10.0)
+    assert summary["common_eval_step"] == 100
+    assert summary["checks"]["equal_tokens"] is False
+    assert summary["checks"]["deco_vs_dense_loss_gap"] == round(4.05 / 4.0 - 1, 4)
+    assert summary["checks"]["deco_within_2pct"] is True and "step 100" in summary["checks"]["loss_compared_at"]
+    assert "eval loss @ step 100" in (tmp_path / "deco_replication.md").read_text()

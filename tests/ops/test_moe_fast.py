@@ -110,6 +110,22 @@ CPU_SCRIPT = textwrap.dedent(
     y = deco_ffn_fused(c["x"], c["router"], c["scale"], c["up"], c["down"], c["gamma"], shared=c["shared"],
                        config=dict(BLOCK_K=16, BLOCK_H=16, SPLIT=3, SHARED_SLICE=8))
     _check_close(y, c, torch.float32)
+    # the latency knobs: a router tile wider than h, per-loop pipelining and unrolling, router and up-projection in
+    # one pass (SPECULATE, also with the router output written and an all-inactive chunk), bf16 at one token
+    for N, dtype, ratio, spec in ((4, torch.float32, 0.5, False), (1, torch.bfloat16, 0.5, False),
+                                  (1, torch.bfloat16, 0.34, True), (3, torch.float32, 0.5, True),
+                                  (2, torch.float32, 0.0, True)):
+        c = _case(N, h, E, d, S, ratio, dtype, "cpu", seed=11 + N)
+        r_out = torch.full((N, E), -1.0)
+        y = deco_ffn_fused(c["x"], c["router"], c["scale"], c["up"], c["down"], c["gamma"], shared=c["shared"],
+                           router_out=r_out, config=dict(BLOCK_K=16, BLOCK_H=32, BLOCK_R=64, SPLIT=2, SHARED_SLICE=8,
+                                                         LOOP_STAGES=3, UNROLL=2, SPECULATE=spec))
+        _check_close(y, c, dtype)
+        assert torch.allclose(r_out, _reference(c)[1], atol=1e-5), "router output"
+    c = _case(3, h, E, d, S, 0.5, torch.float32, "cpu", seed=21)
+    y = deco_ffn_fused(c["x"], c["router"], c["scale"], c["up"], c["down"], None, shared=c["shared"],
+                       config=dict(BLOCK_K=16, SPECULATE=True))
+    _check_close(y, c, torch.float32, with_norm=False)
     print("OK")
     """
 )
@@ -153,7 +169,9 @@ def test_fused_kernel_on_cuda(dtype, tokens, ratio):
 
     c = _case(tokens, 768, 42, 64, 128, ratio, dtype, "cuda", seed=tokens)
     r_out = torch.empty(tokens, 42, device="cuda")
-    for cfg in (None, dict(BLOCK_K=128, BLOCK_H=256, SPLIT=4, num_warps=8, num_stages=2)):
+    for cfg in (None, dict(BLOCK_K=128, BLOCK_H=256, SPLIT=4, num_warps=8, num_stages=2),
+                dict(BLOCK_K=256, BLOCK_H=256, BLOCK_R=1024, SPLIT=3, num_warps=8, LOOP_STAGES=3),
+                dict(BLOCK_K=256, BLOCK_H=128, SPLIT=2, num_warps=4, LOOP_STAGES=3, SPECULATE=True)):
         for finalize in (True, False):
             y = deco_ffn_fused(c["x"], c["router"], c["scale"], c["up"], c["down"], c["gamma"], shared=c["shared"],
                                router_out=r_out, finalize=finalize, config=cfg)

@@ -43,6 +43,27 @@ TUNE_CONFIGS = (
     {"BLOCK_K": 256, "BLOCK_H": 256, "SPLIT": 4, "SHARED_SLICE": 16, "num_warps": 8, "num_stages": 3},
     {"BLOCK_K": 256, "BLOCK_H": 512, "SPLIT": 2, "SHARED_SLICE": 32, "num_warps": 8, "num_stages": 2},
 )
+# Tried in addition for chunks of ≤ 16 tokens (one BLOCK_N): the first H200 run showed batch 1 bound by the chain of
+# dependent loops (router → up → down, a memory round trip per iteration). Wider router tiles (BLOCK_R), every load
+# of a loop pipelined (LOOP_STAGES), the down-projection over more programs (SPLIT), router and up-projection in
+# one pass (SPECULATE). (UNROLL is left out: ptxas
+# takes over a minute on the unrolled kernel, more than the tuning budget.)
+TUNE_CONFIGS_SMALL = (
+    {"BLOCK_K": 256, "BLOCK_R": 512, "BLOCK_H": 128, "SPLIT": 1, "SHARED_SLICE": 16, "num_warps": 4,
+     "LOOP_STAGES": 3},
+    {"BLOCK_K": 256, "BLOCK_R": 512, "BLOCK_H": 128, "SPLIT": 2, "SHARED_SLICE": 16, "num_warps": 4,
+     "LOOP_STAGES": 3},
+    {"BLOCK_K": 256, "BLOCK_R": 1024, "BLOCK_H": 256, "SPLIT": 2, "SHARED_SLICE": 16, "num_warps": 8,
+     "LOOP_STAGES": 3},
+    {"BLOCK_K": 128, "BLOCK_R": 512, "BLOCK_H": 64, "SPLIT": 4, "SHARED_SLICE": 16, "num_warps": 4,
+     "LOOP_STAGES": 3},
+    {"BLOCK_K": 512, "BLOCK_R": 1024, "BLOCK_H": 256, "SPLIT": 2, "SHARED_SLICE": 16, "num_warps": 8,
+     "LOOP_STAGES": 2},
+    # router and up-projection in one pass over x (the up rows of inactive experts are read too)
+    {"BLOCK_K": 256, "BLOCK_H": 128, "SPLIT": 1, "SHARED_SLICE": 16, "num_warps": 4, "SPECULATE": True},
+    {"BLOCK_K": 256, "BLOCK_H": 128, "SPLIT": 2, "SHARED_SLICE": 16, "num_warps": 4, "SPECULATE": True,
+     "LOOP_STAGES": 3},
+)
 
 
 def _swiglu(x, gate, up, down):
@@ -149,7 +170,8 @@ def bench_layer(
             # a config counts only if its output matches the gather reference (dtype tolerance)
             tol = (2e-2 if dtype != torch.float32 else 1e-4) * float(reference.float().abs().max()) + 1e-3
             best, rejected = None, []
-            for cfg in (TUNE_CONFIGS if tune else (None,)):
+            configs = (TUNE_CONFIGS + (TUNE_CONFIGS_SMALL if tokens <= 16 else ())) if tune else (None,)
+            for cfg in configs:
                 cfg = {**fused_mod.DEFAULT_CONFIG, **cfg} if cfg else None
                 try:
                     step = GraphedStep(lambda inp, c=cfg: fused(inp, c), x)
@@ -283,7 +305,10 @@ def run(
     if dev.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     records = []
-    jobs = [(s, r, t) for s in shapes for r in ratios for t in tokens]
+    # batch-1 decode first, so a run cut short by a time limit still has the headline numbers (the JSON and the
+    # markdown are rewritten after every record; the plot at the end)
+    jobs = [(s, r, t) for t in tokens for s in shapes for r in ratios]
+    tag = "cuda" if dev.type == "cuda" else "cpu"
     from rich.progress import Progress
 
     with Progress(disable=not progress) as bar:
@@ -296,14 +321,15 @@ def run(
                     raise
                 records.append({"shape": s, "activation_ratio": r, "tokens": t, "speedup": 0.0, "error": repr(e)[:500],
                                 "device": torch.cuda.get_device_name(dev), "dtype": dtype})
+            write_results(records, out_dir, tag, plot=False)
             bar.advance(task)
     if model:
         records.extend(bench_model(dev, torch_dtype))
-    write_results(records, out_dir, "cuda" if dev.type == "cuda" else "cpu")
+    write_results(records, out_dir, tag)
     return records
 
 
-def write_results(records: list[dict], out_dir: str | Path, device_tag: str) -> Path:
+def write_results(records: list[dict], out_dir: str | Path, device_tag: str, plot: bool = True) -> Path:
     from ..utils.io import atomic_write_text
 
     out = Path(out_dir)
@@ -357,6 +383,8 @@ def write_results(records: list[dict], out_dir: str | Path, device_tag: str) -> 
                     f"params, measured ρ {r['activation_ratio']}, {r['path']}): {r['speedup']:.2f}×"
                 )
     atomic_write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+    if not plot:
+        return stem
     try:
         import matplotlib
 

@@ -34,6 +34,24 @@ MAX_TOKENS = 64
 
 
 @triton.jit
+def _expert_activation(u, mu, g, x_ptr, gamma_ptr, offs_d, D, eps, HAS_NORM: tl.constexpr):
+    """a = g · SiLU(RMSNorm_γ(u − μ)) over the expert's d units ([BLOCK_N, BLOCK_D], fp32, zero outside d), with
+    the reference's roundings: u and the activation in x's dtype."""
+    u = u.to(x_ptr.dtype.element_ty).to(tl.float32)  # the reference computes x @ W in x's dtype
+    valid_d = (offs_d < D)[None, :]
+    if HAS_NORM:
+        c = tl.where(valid_d, u - mu[:, None], 0.0)
+        rms = tl.sqrt(tl.sum(c * c, 1) / D + eps)
+        gamma = tl.load(gamma_ptr + offs_d, mask=offs_d < D, other=0.0).to(tl.float32)
+        n = c / rms[:, None] * gamma[None, :]
+    else:
+        n = u
+    act = n / (1.0 + tl.exp(-n))
+    act = act.to(x_ptr.dtype.element_ty).to(tl.float32)  # the reference's activation dtype
+    return tl.where(valid_d, act * g[:, None], 0.0)
+
+
+@triton.jit
 def _deco_decode_kernel(
     x_ptr, router_ptr, scale_ptr, gates_ptr, up_ptr, down_ptr, gamma_ptr, wbar_ptr,
     sg_ptr, su_ptr, sd_ptr, ws_ptr, counter_ptr, out_ptr, r_out_ptr,
@@ -43,6 +61,7 @@ def _deco_decode_kernel(
     BLOCK_F: tl.constexpr, SPLIT: tl.constexpr, GATES_GIVEN: tl.constexpr, HAS_NORM: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     WRITE_ROUTER: tl.constexpr, FINALIZE: tl.constexpr, FP32_DOT: tl.constexpr,
+    BLOCK_R: tl.constexpr, LOOP_STAGES: tl.constexpr, UNROLL: tl.constexpr, SPECULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     part = tl.program_id(1)
@@ -50,40 +69,30 @@ def _deco_decode_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, BLOCK_K)
     mask_n = offs_n < N
+    # Batch-1 decode is a chain of dependent loops (router → up → down), each iteration a memory round trip:
+    # BLOCK_R (the router's K tile) shortens the first link; LOOP_STAGES pipelines every load of a loop (not
+    # only those feeding a dot) and UNROLL unrolls the loops so independent loads can be issued together
+    # (None = the compiler's defaults).
+    offs_r = tl.arange(0, BLOCK_R)
     h_per = ((H + SPLIT - 1) // SPLIT + BLOCK_H - 1) // BLOCK_H * BLOCK_H
     h_lo = part * h_per
     h_hi = tl.minimum(h_lo + h_per, H)
     a = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     if pid < E:
-        # --- router: g_e for every token of the chunk (fp32, DECO's RouterFP32) ---
-        if GATES_GIVEN:
-            g = tl.load(gates_ptr + offs_n * E + pid, mask=mask_n, other=0.0).to(tl.float32)
-        else:
+        row0 = pid * D
+        if SPECULATE and not GATES_GIVEN:
+            # --- router row, this expert's up rows and w̄ in ONE pass over x: one dependent loop fewer on the
+            # batch-1 critical path, paid for by reading the up rows of experts that turn out inactive ---
             r = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for k0 in range(0, H, BLOCK_K):
-                kk = k0 + offs_k
-                xk = tl.load(x_ptr + offs_n[:, None] * H + kk[None, :], mask=mask_n[:, None] & (kk[None, :] < H),
-                             other=0.0).to(tl.float32)
-                wr = tl.load(router_ptr + pid * H + kk, mask=kk < H, other=0.0).to(tl.float32)
-                r += tl.sum(xk * wr[None, :], 1)
-            r = tl.maximum(r, 0.0)
-            if WRITE_ROUTER:
-                if part == 0:
-                    tl.store(r_out_ptr + offs_n * E + pid, r, mask=mask_n)
-            g = r
-            if HAS_SCALE:
-                g = r * tl.load(scale_ptr + pid).to(tl.float32)
-        g = tl.where(mask_n, g, 0.0)
-        if tl.max(tl.abs(g), 0) > 0.0:
-            # --- up-projection of this expert's d rows, and the token's global mean μ = x · w̄ ---
             u = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
             mu = tl.zeros([BLOCK_N], dtype=tl.float32)
-            row0 = pid * D
-            for k0 in range(0, H, BLOCK_K):
+            for k0 in tl.range(0, H, BLOCK_K, num_stages=LOOP_STAGES, loop_unroll_factor=UNROLL):
                 kk = k0 + offs_k
                 mask_k = kk < H
                 xk = tl.load(x_ptr + offs_n[:, None] * H + kk[None, :], mask=mask_n[:, None] & mask_k[None, :],
                              other=0.0)
+                wr = tl.load(router_ptr + pid * H + kk, mask=mask_k, other=0.0).to(tl.float32)
+                r += tl.sum(xk.to(tl.float32) * wr[None, :], 1)
                 w = tl.load(up_ptr + (row0 + offs_d[None, :]) * H + kk[:, None],
                             mask=mask_k[:, None] & (offs_d[None, :] < D), other=0.0)  # [BLOCK_K, BLOCK_D]
                 if FP32_DOT:
@@ -93,19 +102,54 @@ def _deco_decode_kernel(
                 if HAS_NORM:
                     wb = tl.load(wbar_ptr + kk, mask=mask_k, other=0.0)
                     mu += tl.sum(xk.to(tl.float32) * wb[None, :], 1)
-            # the reference rounds u to x's dtype before the activation (x @ W in that dtype)
-            u = u.to(x_ptr.dtype.element_ty).to(tl.float32)
-            valid_d = (offs_d < D)[None, :]
-            if HAS_NORM:
-                c = tl.where(valid_d, u - mu[:, None], 0.0)
-                rms = tl.sqrt(tl.sum(c * c, 1) / D + eps)
-                gamma = tl.load(gamma_ptr + offs_d, mask=offs_d < D, other=0.0).to(tl.float32)
-                n = c / rms[:, None] * gamma[None, :]
+            r = tl.maximum(r, 0.0)
+            if WRITE_ROUTER:
+                if part == 0:
+                    tl.store(r_out_ptr + offs_n * E + pid, r, mask=mask_n)
+            g = r
+            if HAS_SCALE:
+                g = r * tl.load(scale_ptr + pid).to(tl.float32)
+            g = tl.where(mask_n, g, 0.0)
+            a = _expert_activation(u, mu, g, x_ptr, gamma_ptr, offs_d, D, eps, HAS_NORM)
+        else:
+            # --- router: g_e for every token of the chunk (fp32, DECO's RouterFP32) ---
+            if GATES_GIVEN:
+                g = tl.load(gates_ptr + offs_n * E + pid, mask=mask_n, other=0.0).to(tl.float32)
             else:
-                n = u
-            act = n / (1.0 + tl.exp(-n))
-            act = act.to(x_ptr.dtype.element_ty).to(tl.float32)  # the reference's activation dtype
-            a = tl.where(valid_d, act * g[:, None], 0.0)
+                r = tl.zeros([BLOCK_N], dtype=tl.float32)
+                for k0 in tl.range(0, H, BLOCK_R, num_stages=LOOP_STAGES, loop_unroll_factor=UNROLL):
+                    kk = k0 + offs_r
+                    xk = tl.load(x_ptr + offs_n[:, None] * H + kk[None, :],
+                                 mask=mask_n[:, None] & (kk[None, :] < H), other=0.0).to(tl.float32)
+                    wr = tl.load(router_ptr + pid * H + kk, mask=kk < H, other=0.0).to(tl.float32)
+                    r += tl.sum(xk * wr[None, :], 1)
+                r = tl.maximum(r, 0.0)
+                if WRITE_ROUTER:
+                    if part == 0:
+                        tl.store(r_out_ptr + offs_n * E + pid, r, mask=mask_n)
+                g = r
+                if HAS_SCALE:
+                    g = r * tl.load(scale_ptr + pid).to(tl.float32)
+            g = tl.where(mask_n, g, 0.0)
+            if tl.max(tl.abs(g), 0) > 0.0:
+                # --- up-projection of this expert's d rows, and the token's global mean μ = x · w̄ ---
+                u = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+                mu = tl.zeros([BLOCK_N], dtype=tl.float32)
+                for k0 in tl.range(0, H, BLOCK_K, num_stages=LOOP_STAGES, loop_unroll_factor=UNROLL):
+                    kk = k0 + offs_k
+                    mask_k = kk < H
+                    xk = tl.load(x_ptr + offs_n[:, None] * H + kk[None, :], mask=mask_n[:, None] & mask_k[None, :],
+                                 other=0.0)
+                    w = tl.load(up_ptr + (row0 + offs_d[None, :]) * H + kk[:, None],
+                                mask=mask_k[:, None] & (offs_d[None, :] < D), other=0.0)  # [BLOCK_K, BLOCK_D]
+                    if FP32_DOT:
+                        u += tl.dot(xk.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+                    else:
+                        u += tl.dot(xk, w)
+                    if HAS_NORM:
+                        wb = tl.load(wbar_ptr + kk, mask=mask_k, other=0.0)
+                        mu += tl.sum(xk.to(tl.float32) * wb[None, :], 1)
+                a = _expert_activation(u, mu, g, x_ptr, gamma_ptr, offs_d, D, eps, HAS_NORM)
         w_ptr = down_ptr
         stride_w = stride_down
         col0 = pid * D
@@ -118,7 +162,7 @@ def _deco_decode_kernel(
         mask_c = (offs_d < SW) & (cols < S)
         acc_g = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         acc_u = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
+        for k0 in tl.range(0, H, BLOCK_K, num_stages=LOOP_STAGES, loop_unroll_factor=UNROLL):
             kk = k0 + offs_k
             mask_k = kk < H
             xk = tl.load(x_ptr + offs_n[:, None] * H + kk[None, :], mask=mask_n[:, None] & mask_k[None, :],
@@ -140,7 +184,7 @@ def _deco_decode_kernel(
         d_valid = tl.minimum(SW, S - col0)
         h_end = h_hi
     # --- down-projection: ws[n, h_lo:h_end] += a @ W[h_lo:h_end, col0:col0+d_valid]ᵀ (fp32 atomics) ---
-    for h0 in range(h_lo, h_end, BLOCK_H):
+    for h0 in tl.range(h_lo, h_end, BLOCK_H, num_stages=LOOP_STAGES, loop_unroll_factor=UNROLL):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < h_end
         w = tl.load(w_ptr + offs_h[None, :] * stride_w + col0 + offs_d[:, None],
@@ -186,14 +230,17 @@ def _workspace(device: torch.device, h: int) -> tuple[Tensor, Tensor]:
 
 # Launch parameters; the benchmark may tune them per (tokens, h) with ``set_config``.
 DEFAULT_CONFIG = {"BLOCK_K": 128, "BLOCK_H": 128, "SPLIT": 1, "SHARED_SLICE": 32, "FINALIZE": True, "num_warps": 4,
-                  "num_stages": 2}
+                  "num_stages": 2, "BLOCK_R": 0, "LOOP_STAGES": None, "UNROLL": None, "SPECULATE": False}
 _CONFIGS: dict = {}
 
 
 def set_config(tokens: int, hidden: int, **config) -> None:
     """Launch parameters for chunks of ``tokens`` at width h: BLOCK_K (up-projection K tile), BLOCK_H (down tile),
     SPLIT (programs per expert over the output columns), SHARED_SLICE (shared-expert units per program), FINALIZE
-    (last program casts and re-zeroes; False: memset + cast launches), num_warps, num_stages."""
+    (last program casts and re-zeroes; False: memset + cast launches), num_warps, num_stages; BLOCK_R (router K tile,
+    0 = BLOCK_K), LOOP_STAGES (per-loop pipelining of every load, None = only dot operands), UNROLL (loop unroll
+    factor, None = none), SPECULATE (router and up-projection in one pass over x: the up rows of inactive experts
+    are read too, one dependent loop fewer)."""
     unknown = set(config) - set(DEFAULT_CONFIG)
     if unknown:
         raise ValueError(f"unknown launch parameters {sorted(unknown)}; allowed: {sorted(DEFAULT_CONFIG)}")
@@ -278,6 +325,8 @@ def deco_ffn_fused(
         WRITE_ROUTER=router_out is not None, FINALIZE=finalize,
         # fp32: exact (IEEE) dots; on CPU (TRITON_INTERPRET=1) also for bf16, whose dot the interpreter lacks
         FP32_DOT=x.dtype == torch.float32 or x.device.type != "cuda",
+        BLOCK_R=int(cfg["BLOCK_R"] or cfg["BLOCK_K"]), LOOP_STAGES=cfg["LOOP_STAGES"], UNROLL=cfg["UNROLL"],
+        SPECULATE=bool(cfg["SPECULATE"]),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if not finalize:
