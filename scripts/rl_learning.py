@@ -27,6 +27,7 @@ import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -108,24 +109,32 @@ def markdown(summary: dict) -> str:
     ]
     for name, e in (
         ("base policy (no warm-up)", d.get("base")),
-        ("after warm-up = before GRPO", d["before"]),
-        ("after GRPO", d["after"]),
+        ("after warm-up = before GRPO", d.get("before")),
+        ("after GRPO", d.get("after")),
     ):
         if e:
             cells = " | ".join(
                 f"{100 * e[f'eval_reward/{k}']:.1f}" if f"eval_reward/{k}" in e else "–" for k in d["datasets"]
             )
             lines.append(f"| {name} | {100 * e['eval_reward']:.1f} | {cells} |")
+    if d.get("rise") is None:
+        result = "**GRPO did not finish** (this summary was written after the warm-up; the run ended before GRPO's "
+        result += "outputs were written)."
+    else:
+        result = f"**GRPO rise: {100 * d['rise']:+.1f} points** (target ≥ +10) in {d['grpo_steps']} steps / "
+        result += f"{d['grpo_seconds']:.0f} s"
+        if d.get("stopped_by_signal"):
+            result += " (GRPO cut short by a signal)"
+        result += f"; total wall time {d['total_seconds']:.0f} s."
     lines += [
         "",
-        f"**GRPO rise: {100 * d['rise']:+.1f} points** (target ≥ +10) in {d['grpo_steps']} steps / "
-        f"{d['grpo_seconds']:.0f} s; total wall time {d['total_seconds']:.0f} s.",
+        result,
         "",
         f"Warm-up: {w['steps']} answer-only SFT steps ({w['seconds']:.0f} s, {w['examples']} records of seed "
         f"{w['seed']}, lr {w['lr']}), stopped at dev reward {100 * w['final_dev_reward']:.1f} "
         f"({'target reached' if w['target_reached'] else 'budget spent'}; target {100 * w['target_reward']:.0f}).",
         "",
-        "![GRPO reward](rewards.png)",
+        "![GRPO reward](rewards.png)" if d.get("rise") is not None else "",
         "",
         "![warm-up](warmup.png)",
         "",
@@ -233,53 +242,84 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
+    warm_summary = {
+        "seed": wcfg.seed,
+        "examples": len(examples),
+        "dev_records": len(dev),
+        "steps": warm_steps,
+        "seconds": round(warm_seconds, 1),
+        "lr": wcfg.lr,
+        "target_reward": wcfg.target_reward,
+        "target_reached": reached,
+        "final_dev_reward": warm_evals[-1]["eval_reward"] if warm_evals else None,
+        "history": warm_history,
+    }
+    device_name = torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu"
+
+    def write_summary(before: dict | None, after: dict | None, grpo_seconds: float) -> dict:
+        summary = {
+            "steps": trainer.step,
+            "train_records": len(trainer.train_records),
+            "eval_records": len(trainer.eval_subset),
+            "history": trainer.history,
+            "eval": trainer.eval_history,
+            "warmup": warm_summary,
+            "demonstration": {
+                "policy": cfg.policy.path,
+                "device": device_name,
+                "datasets": datasets,
+                "max_tokens": cfg.data.max_tokens,
+                "reward": ", ".join(f"{k}: {v}" for k, v in cfg.reward_overrides.items()) or "the records' reward_type",
+                "eval_items": len(trainer.eval_subset),
+                "base": base,
+                "before": before,
+                "after": after,
+                "rise": after["eval_reward"] - before["eval_reward"] if before and after else None,
+                "grpo_steps": trainer.step,
+                "grpo_seconds": round(grpo_seconds, 1),
+                "stopped_by_signal": bool(trainer.stop_requested),
+                "synth_seconds": round(synth_seconds, 1),
+                "total_seconds": round(_elapsed(), 1),
+                "command": "python scripts/rl_learning.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            },
+        }
+        dump_json(summary, out / "grpo_summary.json")
+        atomic_write_text(out / "summary.md", markdown(summary))
+        return summary
+
+    # what survives if the run is killed during GRPO: the warm-up's numbers and plot
+    plot_warmup(warm_history, out / "warmup.png")
+    write_summary(None, None, 0.0)
+
     # 3. GRPO ---------------------------------------------------------------------------------------------------
+    # a SIGTERM (e.g. `timeout`) ends GRPO after the current step, then the final evaluation and outputs still run
+    def _stop(signum, frame):
+        trainer.stop_requested = True
+        print(f"[rl] signal {signum}: stopping GRPO after the current step", file=sys.stderr, flush=True)
+
+    def _log_step(r: dict) -> None:
+        last = trainer.eval_history[-1] if trainer.eval_history else {}
+        print(
+            f"[rl] grpo step {r['step']}: reward {r['reward']:.3f}, groups {r['groups_kept']} kept / "
+            f"{r['groups_dropped']} dropped, length {r['completion_length']:.0f}, truncated "
+            f"{r['truncated_fraction']:.2f}, gen {r['gen_seconds']:.1f} s / step {r.get('step_seconds', 0):.1f} s"
+            + (f", held-out {last['eval_reward']:.3f} (step {last['step']})" if last else ""),
+            flush=True,
+        )
+
+    trainer.on_step = _log_step
+    previous = signal.signal(signal.SIGTERM, _stop)
     cfg.time_budget_s = max(1.0, budget - _elapsed() - args.reserve)
     t0 = time.time()
-    trainer.fit(progress=progress)
+    try:
+        trainer.fit(progress=progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     grpo_seconds = time.time() - t0
 
     # 4. outputs ------------------------------------------------------------------------------------------------
-    before, after = trainer.eval_history[0], trainer.eval_history[-1]
-    summary = {
-        "steps": trainer.step,
-        "train_records": len(trainer.train_records),
-        "eval_records": len(trainer.eval_subset),
-        "history": trainer.history,
-        "eval": trainer.eval_history,
-        "warmup": {
-            "seed": wcfg.seed,
-            "examples": len(examples),
-            "dev_records": len(dev),
-            "steps": warm_steps,
-            "seconds": round(warm_seconds, 1),
-            "lr": wcfg.lr,
-            "target_reward": wcfg.target_reward,
-            "target_reached": reached,
-            "final_dev_reward": warm_evals[-1]["eval_reward"] if warm_evals else None,
-            "history": warm_history,
-        },
-        "demonstration": {
-            "policy": cfg.policy.path,
-            "device": torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu",
-            "datasets": datasets,
-            "max_tokens": cfg.data.max_tokens,
-            "reward": ", ".join(f"{k}: {v}" for k, v in cfg.reward_overrides.items()) or "the records' reward_type",
-            "eval_items": len(trainer.eval_subset),
-            "base": base,
-            "before": before,
-            "after": after,
-            "rise": after["eval_reward"] - before["eval_reward"],
-            "grpo_steps": trainer.step,
-            "grpo_seconds": round(grpo_seconds, 1),
-            "synth_seconds": round(synth_seconds, 1),
-            "total_seconds": round(_elapsed(), 1),
-            "command": "python scripts/rl_learning.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        },
-    }
-    dump_json(summary, out / "grpo_summary.json")
-    plot_warmup(warm_history, out / "warmup.png")
-    atomic_write_text(out / "summary.md", markdown(summary))
+    summary = write_summary(trainer.eval_history[0], trainer.eval_history[-1], grpo_seconds)
+    before, after = summary["demonstration"]["before"], summary["demonstration"]["after"]
     d = summary["demonstration"]
     print(
         f"[rl] held-out reward: base {base['eval_reward'] if base else float('nan'):.3f} → after warm-up "

@@ -221,3 +221,23 @@ def test_rl_cli(tmp_path, tokenizer, tiny_model, capsys):
     assert "neither a built-in model" in capsys.readouterr().err
     assert main(args[:2] + ["data.max_tokens=50", f"policy.path={policy}"]) == 2
     assert "FuzzyNeedle: max_tokens=50 is too small" in capsys.readouterr().err
+
+
+def test_sample_completions_splits_a_batch_that_runs_out_of_memory(tokenizer, tiny_model):
+    """A generate call that raises CUDA OOM is retried as two halves; greedy completions are those of small batches."""
+    from longforge.train.grpo import sample_completions
+
+    model = tiny_model("qwen3").eval()
+    prompts = [tokenizer(f"Question {i}: who?")["input_ids"] for i in range(3)]
+    reference = sample_completions(model, tokenizer, prompts, 2, 5, do_sample=False, batch_size=1)
+    real_generate, sizes = model.generate, []
+
+    def generate(**kwargs):
+        sizes.append(len(kwargs["input_ids"]))
+        if len(kwargs["input_ids"]) > 2:
+            raise torch.cuda.OutOfMemoryError("simulated: batch too large")
+        return real_generate(**kwargs)
+
+    model.generate = generate
+    got = sample_completions(model, tokenizer, prompts, 2, 5, do_sample=False, batch_size=6)
+    assert sizes == [6, 3, 1, 2, 3, 1, 2] and got == reference

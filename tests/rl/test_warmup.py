@@ -188,3 +188,91 @@ def test_rl_learning_script_end_to_end(tmp_path, tokenizer, tiny_model):
     for name in ("rewards.png", "warmup.png", "summary.md", "recipe.resolved.yaml", "data/heldout.jsonl"):
         assert (out / name).stat().st_size > 0, name
     assert "GRPO rise" in (out / "summary.md").read_text()
+
+
+def test_truncated_reward_batch_advantages_and_stop_request(tmp_path, tokenizer, tiny_model):
+    """The fixes after the first H200 run: completions without EOS get `truncated_reward`, scale_rewards=batch uses
+    one std over the step's groups, and `stop_requested` (a SIGTERM in rl_learning.py) ends fit() after the step."""
+    cfg = from_dict(
+        GRPOConfig,
+        {
+            "out_dir": str(tmp_path),
+            "steps": 5,
+            "prompts_per_step": 2,
+            "group_size": 4,
+            "max_new_tokens": 4,
+            "device": "cpu",
+            "eval_items": 2,
+            "save": False,
+            "tensorboard": False,
+            "truncated_reward": 0.0,
+            "scale_rewards": "batch",
+            "data": {"eval_fraction": 0.25},
+        },
+    )
+    trainer = GRPOTrainer(
+        cfg, model=tiny_model("qwen3"), tokenizer=tokenizer, records=records(12), reward_fn=lambda r, c: 1.0
+    )
+    eos = tokenizer.eos_token_id
+    assert trainer._rewards(records(1)[0], [([5, 6, eos], False), ([5, 6, 7, 8], True)]) == [1.0, 0.0]
+    groups = [{"rewards": [0.0, 0.0, 0.0, 1.0]}, {"rewards": [0.0, 0.1, 0.0, 0.0]}]
+    flat = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.1, 0.0, 0.0])
+    centered = torch.tensor([-0.25, -0.25, -0.25, 0.75, -0.025, 0.075, -0.025, -0.025])
+    assert torch.allclose(trainer.advantages(groups).flatten(), centered / (flat.std() + 1e-4), atol=1e-6)
+    trainer.cfg.scale_rewards = "group"  # per group: the 0.1 group gets the same advantages as the 1.0 group
+    adv = trainer.advantages(groups)
+    assert torch.allclose(adv[0], adv[1][[0, 2, 3, 1]], atol=1e-2) and adv[1, 1] > 1.4
+    trainer.cfg.scale_rewards = "batch"
+    trainer.on_step = lambda record: setattr(trainer, "stop_requested", True)
+    history = trainer.fit(progress=False)
+    assert len(history) == 1 and len(trainer.eval_history) == 2  # stopped after step 1, still evaluated at the end
+    with pytest.raises(ValueError, match="truncated_reward must be in"):
+        load_recipe(GRPOConfig, None, ["truncated_reward=2"])
+    assert load_recipe(GRPOConfig, None, ["truncated_reward=null"]).truncated_reward is None
+
+
+def test_rl_learning_summary_before_grpo_finishes():
+    """The summary written after the warm-up (what survives a kill during GRPO) says so instead of a rise."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import rl_learning
+    finally:
+        sys.path.pop(0)
+    e = {"step": 0, "eval_reward": 0.2, "eval_reward/KeyChain": 0.2}
+    demo = {
+        "policy": "p",
+        "device": "cpu",
+        "datasets": ["KeyChain"],
+        "max_tokens": 700,
+        "reward": "f1",
+        "eval_items": 1,
+        "base": e,
+        "before": None,
+        "after": None,
+        "rise": None,
+        "command": "c",
+    }
+    warm = {
+        "steps": 1,
+        "seconds": 1.0,
+        "examples": 1,
+        "seed": 1,
+        "lr": 1e-3,
+        "final_dev_reward": 0.2,
+        "target_reached": True,
+        "target_reward": 0.1,
+    }
+    text = rl_learning.markdown({"demonstration": demo, "warmup": warm})
+    assert "GRPO did not finish" in text and "| base policy (no warm-up) | 20.0 | 20.0 |" in text
+    assert "after GRPO" not in text and "rewards.png" not in text
+    demo.update(
+        before=e,
+        after={**e, "eval_reward": 0.35},
+        rise=0.15,
+        grpo_steps=3,
+        grpo_seconds=9.0,
+        stopped_by_signal=True,
+        total_seconds=20.0,
+    )
+    text = rl_learning.markdown({"demonstration": demo, "warmup": warm})
+    assert "GRPO rise: +15.0 points" in text and "cut short by a signal" in text

@@ -7,7 +7,7 @@ import copy
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -83,6 +83,8 @@ class GRPOTrainer:
         self.eval_history: list[dict] = []
         self.writer = None
         self._prompt_cache: dict[str, list[int]] = {}
+        self.stop_requested = False  # set (e.g. by a signal handler) to end fit() after the current step
+        self.on_step: Callable[[dict], None] | None = None  # called with each step's record (e.g. a log line)
 
     # ------------------------------------------------------------------ pieces
     def _registry_reward(self):
@@ -120,6 +122,8 @@ class GRPOTrainer:
     def _rewards(self, record, completions) -> list[float]:
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in completions]
         rewards = [float(self.reward_fn(record, t)) for t in texts]
+        if self.cfg.truncated_reward is not None:  # no EOS within max_new_tokens: not an answer
+            rewards = [self.cfg.truncated_reward if cut else r for r, (_, cut) in zip(rewards, completions)]
         if self.cfg.overlong_buffer:
             lengths = torch.tensor([len(ids) for ids, _ in completions])
             penalty = overlong_penalty(
@@ -127,6 +131,12 @@ class GRPOTrainer:
             )
             rewards = [r + float(p) for r, p in zip(rewards, penalty)]
         return rewards
+
+    def advantages(self, groups: Sequence[dict]) -> torch.Tensor:
+        """[N, G] advantages of the step's kept groups, computed together: with ``scale_rewards=batch`` the std is
+        the one over all the step's rollouts (on this rank), not each group's own."""
+        rewards = torch.tensor([list(g["rewards"]) for g in groups], dtype=torch.float32)
+        return group_advantages(rewards, self.cfg.group_size, self.cfg.scale_rewards)
 
     def _sequence_log_probs(self, model, prompt: list[int], completions: list[list[int]]) -> tuple:
         """Per-token log-probs of right-padded completions of one prompt: (logp [B, C], mask [B, C])."""
@@ -193,8 +203,7 @@ class GRPOTrainer:
             return record
         # micro-batches: slices of one group (same prompt, so no left padding in the loss forward)
         micro = []
-        for g in groups:
-            adv = group_advantages(torch.tensor(g["rewards"]), cfg.group_size, cfg.scale_rewards)
+        for g, adv in zip(groups, self.advantages(groups)):
             prompt = self.prompt_ids(g["record"])
             for s in range(0, cfg.group_size, cfg.micro_batch_size):
                 comps = g["completions"][s : s + cfg.micro_batch_size]
@@ -321,6 +330,10 @@ class GRPOTrainer:
                     self._eval_and_log()
                 record["elapsed_s"] = round(time.time() - start, 3)
                 bar.update(record, self.eval_history[-1] if self.eval_history else None)
+                if self.on_step is not None and self.dist.is_main:
+                    self.on_step(record)
+                if self.stop_requested:
+                    break
                 if cfg.time_budget_s and self.step < cfg.steps and self._out_of_time(time.time() - start):
                     break
             if self.dist.is_main and self.eval_subset and (not cfg.eval_every or self.step % cfg.eval_every):

@@ -70,24 +70,38 @@ def sample_completions(
     out: list[list] = [[None] * num_samples for _ in prompt_ids]
     was_training = model.training
     model.eval()
-    try:
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start : start + batch_size]
-            width = max(len(prompt_ids[i]) for i, _ in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (i, _) in enumerate(batch):
-                p = prompt_ids[i]
-                ids[row, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
-                mask[row, width - len(p) :] = 1
+
+    def run(batch: list) -> None:
+        width = max(len(prompt_ids[i]) for i, _ in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (i, _) in enumerate(batch):
+            p = prompt_ids[i]
+            ids[row, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+            mask[row, width - len(p) :] = 1
+        try:
             generated = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
             )
-            new = generated[:, width:].tolist()
-            for row, (i, j) in enumerate(batch):
-                tokens = new[row]
-                cut = next((k for k, t in enumerate(tokens) if t in eos), None)
-                out[i][j] = (tokens[: cut + 1], False) if cut is not None else (tokens[:max_new_tokens], True)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            # a batch too large for the device: the two halves one after the other (same completions' distribution)
+            torch.cuda.empty_cache()
+            half = len(batch) // 2
+            run(batch[:half])
+            run(batch[half:])
+            return
+        new = generated[:, width:].tolist()
+        for row, (i, j) in enumerate(batch):
+            tokens = new[row]
+            cut = next((k for k, t in enumerate(tokens) if t in eos), None)
+            out[i][j] = (tokens[: cut + 1], False) if cut is not None else (tokens[:max_new_tokens], True)
+
+    try:
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start : start + batch_size]
+            run(batch)
             if on_batch is not None:
                 on_batch(len(batch))
     finally:
