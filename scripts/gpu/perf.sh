@@ -5,6 +5,7 @@
 #   3. micro-timing: chunked-prefill attention variants, selection scorers, sparse kernel configs       (<= 55 s)
 #   4. longforge bench kernels 8K..128K, no lightning (fla autotunes ~40 s; bench model runs it)        (<= 35 s)
 #   5. decode profile of 4-layer slices of both shapes (torch.profiler tables, for the next round)     (<= 25 s)
+#   6. GPU tests of the inference engine (tests/infer/test_engine_gpu.py)                              (<= 30 s)
 # Everything goes to $OUT/perf/ (5 files): model_*.{json,md,png}, kernels.tar.gz (kernels_*.{json,md,png}) and
 # logs.tar.gz (all logs, tests.log, timing.{json,md}, kernels_*).
 # Run from the repository root: bash scripts/gpu/perf.sh
@@ -31,7 +32,7 @@ timeout 50 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_p
 echo "sparse + lightning-decode tests rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|FAILED|error" "$LOGS/tests.log" | tail -4
 
 echo "== 2. bench model"
-LEFT=$(( 395 - ( $(date +%s) - T0 ) ))
+LEFT=$(( 385 - ( $(date +%s) - T0 ) ))
 [ "$LEFT" -gt 320 ] && LEFT=320
 BUDGET=$(( LEFT - 20 ))
 echo "time left for bench model: $LEFT s (budget $BUDGET s)"
@@ -189,6 +190,10 @@ for name in ("qwen3-8b-shape", "sala-9b-shape"):
 PY
 timeout 25 python3 /tmp/perf_decode.py cuda > "$LOGS/decode_profile.log" 2>&1
 echo "rc=$? ($(( $(date +%s) - T0 )) s)"; grep "ms per decoded token" "$LOGS/decode_profile.log"
+
+echo "== 6. GPU tests of the inference engine"
+timeout 30 python3 -m pytest -q -m gpu -p no:cacheprovider tests/infer/test_engine_gpu.py -rf >> "$LOGS/tests.log" 2>&1
+echo "engine tests rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|FAILED|error" "$LOGS/tests.log" | tail -2
 
 for f in "$OUTDIR"/kernels_*; do [ -f "$f" ] && mv "$f" "$LOGS/"; done
 tar -czf "$OUTDIR/kernels.tar.gz" -C "$LOGS" $(cd "$LOGS" && ls kernels_* 2>/dev/null) 2>/dev/null
