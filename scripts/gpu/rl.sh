@@ -3,7 +3,8 @@
 # Run from the repository root: OUT=/some/dir bash scripts/gpu/rl.sh
 # Hard limit: the whole script ends within RL_LIMIT_S (default 465) seconds of its start. The Python run gets what is
 # left after the install, as a SIGTERM deadline (GRPO then stops after its current step, evaluates and writes its
-# outputs) plus a grace period before SIGKILL; its own --minutes budget ends GRPO a margin before that deadline.
+# outputs; exit code 0 then, --preserve-status) plus a grace period before SIGKILL (exit 137); its own --minutes
+# budget ends GRPO a margin before that deadline.
 set -uo pipefail
 LIMIT=${RL_LIMIT_S:-465}
 GRACE=25     # SIGTERM → SIGKILL: one GRPO step (~10 s) + the final held-out evaluation (~5 s) + the outputs
@@ -20,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>&1 
 TERM_AT=$((LIMIT - SECONDS - GRACE - TAIL))
 MINUTES=$(python3 -c "print(f'{max(1.0, ($TERM_AT - $MARGIN) / 60):.2f}')")
 echo "[rl.sh] ${SECONDS}s spent before Python; SIGTERM after ${TERM_AT}s, SIGKILL ${GRACE}s later; --minutes $MINUTES"
-timeout -k "$GRACE" "$TERM_AT" python3 scripts/rl_learning.py --out "$RUN" --minutes "$MINUTES" --reserve 10 --no-progress \
+timeout --preserve-status -k "$GRACE" "$TERM_AT" python3 scripts/rl_learning.py --out "$RUN" --minutes "$MINUTES" --reserve 10 --no-progress \
   2>&1 | tee "$DEST/run.log"
 rc=${PIPESTATUS[0]}
 echo "rl_learning.py exit code: $rc (${SECONDS}s)" | tee -a "$DEST/run.log"
