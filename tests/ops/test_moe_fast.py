@@ -170,8 +170,8 @@ def test_fused_kernel_on_cuda(dtype, tokens, ratio):
     c = _case(tokens, 768, 42, 64, 128, ratio, dtype, "cuda", seed=tokens)
     r_out = torch.empty(tokens, 42, device="cuda")
     for cfg in (None, dict(BLOCK_K=128, BLOCK_H=256, SPLIT=4, num_warps=8, num_stages=2),
-                dict(BLOCK_K=256, BLOCK_H=256, BLOCK_R=1024, SPLIT=3, num_warps=8, LOOP_STAGES=3),
-                dict(BLOCK_K=256, BLOCK_H=128, SPLIT=2, num_warps=4, LOOP_STAGES=3, SPECULATE=True)):
+                dict(BLOCK_K=128, BLOCK_H=128, BLOCK_R=256, SPLIT=3, num_warps=4, LOOP_STAGES=2),
+                dict(BLOCK_K=128, BLOCK_H=128, SPLIT=2, num_warps=4, LOOP_STAGES=2, SPECULATE=True)):
         for finalize in (True, False):
             y = deco_ffn_fused(c["x"], c["router"], c["scale"], c["up"], c["down"], c["gamma"], shared=c["shared"],
                                router_out=r_out, finalize=finalize, config=cfg)
