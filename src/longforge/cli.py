@@ -3,6 +3,7 @@
 longforge info MODEL_OR_CONFIG     layer map, parameters by kind, cache memory per sequence
 longforge demo                     the main job on the embedded default
 longforge import SRC --out DIR     a transformers Qwen3 / Llama directory → a longforge hybrid directory
+longforge convert --teacher M --recipe hypenet|sala --out DIR   HALO conversion into a hybrid
 longforge train RECIPE [k=v ...]   pre-training / SFT from a YAML recipe
 longforge bench moe                DECO FFN decode latency vs dense
 longforge bench model | kernels    long-context TTFT / decode / memory; attention ops vs cuDNN
@@ -91,44 +92,29 @@ def cmd_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Run the main job on the embedded default. Until the HALO conversion lands, it builds a small random hybrid
-    that mixes all four layer types, prints `longforge info` for it, and generates a few tokens with the cache,
-    checking them against generation without a cache."""
-    import torch
-
-    from .models import HybridForCausalLM
-    from .models.shapes import tiny_hybrid_shape
+    """The main job on the embedded default: the tiny teacher against the tiny hybrid that HALO made of it —
+    RULER-lite from 1K up to 4× the teacher's training length, prefill / decode speed and cache memory by length,
+    side by side, with a report (JSON, markdown, PNG) in --out. --convert reruns the conversion first (a GPU is
+    recommended) and adds the fresh hybrid as a third column."""
+    from .demo import run_demo
 
     console = _console()
-    torch.manual_seed(args.seed)
-    config = tiny_hybrid_shape()
-    console.rule("[bold]longforge demo: a random hybrid (sparse + lightning + sliding + full)")
-    cmd_info(argparse.Namespace(model="tiny-hybrid-shape", json=False))
-    model = HybridForCausalLM(config).eval()
-    prompt = torch.randint(
-        0, config.vocab_size, (2, args.prompt_len), generator=torch.Generator().manual_seed(args.seed)
+    console.rule("[bold]longforge demo: tiny teacher vs its HALO hybrid (InfLLM-V2 sparse + Lightning, HyPE)")
+    cmd_info(argparse.Namespace(model="tiny-hybrid", json=False))
+    report = run_demo(
+        out=args.out,
+        lengths=[int(x) for x in args.lengths.split(",")] if args.lengths else None,
+        samples=args.samples,
+        speed_lengths=[int(x) for x in args.speed_lengths.split(",")] if args.speed_lengths else None,
+        convert=args.convert,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.no_progress,
+        console=console,
     )
-    mask = torch.ones_like(prompt)
-    mask[1, : args.prompt_len // 4] = 0  # the second prompt is shorter: left padding
-    with torch.no_grad():
-        cached = model.generate(
-            prompt, attention_mask=mask, max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0
-        )
-        uncached = model.generate(
-            prompt,
-            attention_mask=mask,
-            max_new_tokens=args.new_tokens,
-            do_sample=False,
-            use_cache=False,
-            pad_token_id=0,
-        )
-    new = cached[:, args.prompt_len :]
-    console.print(f"prompt lengths: {mask.sum(1).tolist()} tokens (left-padded batch of 2)")
-    for row in range(2):
-        console.print(f"generated[{row}]: {new[row].tolist()}")
-    same = torch.equal(cached, uncached)
-    console.print(f"cached decode == uncached recomputation: [{'green' if same else 'red'}]{same}[/]")
-    return 0 if same else 1
+    console.print(report["markdown"])
+    console.print(f"report: {args.out}/demo.md, demo_ruler.png, demo_speed.png")
+    return 0
 
 
 def cmd_import(args) -> int:
@@ -266,9 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="the main job on the embedded default", description=cmd_demo.__doc__)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--lengths", default=None, help="RULER-lite lengths (default 1024,4096,16384)")
+    p.add_argument("--samples", type=int, default=1, help="samples per task and length")
+    p.add_argument("--speed-lengths", default=None, help="prompt lengths of the speed table (default 1024,4096,16384)")
+    p.add_argument("--convert", action="store_true", help="rerun the conversion first (GPU recommended)")
+    p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompt-len", type=int, default=96)
-    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks (JSON + markdown + PNG)", description=cmd_bench.__doc__)
@@ -326,10 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn-logit-scaling", default=None, help="e.g. 'hype 500'")
     p.set_defaults(func=cmd_import)
 
+    from .convert.cli import add_convert_parser
     from .data.rl.cli import add_data_parser
     from .eval.cli import add_eval_parser
     from .train.grpo_cli import add_rl_parser
 
+    add_convert_parser(sub)  # longforge convert --teacher MODEL --recipe hypenet|sala --out DIR
     add_eval_parser(sub)  # longforge eval MODEL --suite ruler|ruler-lite|niah
     add_data_parser(sub)  # longforge data synth-rl | filter-rl
     add_rl_parser(sub)  # longforge rl RECIPE [k=v ...]

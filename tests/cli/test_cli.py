@@ -68,9 +68,23 @@ def test_info_bad_input_is_a_clear_error(tmp_path):
     assert proc.returncode == 2 and "layer_types[1]" in proc.stderr
 
 
-def test_demo_runs():
-    proc = run("demo", "--new-tokens", "6", "--prompt-len", "64")
-    assert "cached decode == uncached recomputation: True" in proc.stdout
+def test_demo_runs(tmp_path):
+    """The main job, shrunk to one length and one sample per task: teacher vs shipped hybrid, side by side."""
+    out = tmp_path / "demo"
+    proc = run("demo", "--lengths", "1024", "--samples", "1", "--speed-lengths", "512", "--out", str(out),
+               "--no-progress")  # fmt: skip
+    assert "tiny-teacher" in proc.stdout and "tiny-hybrid" in proc.stdout
+    report = json.loads((out / "demo.json").read_text())
+    assert set(report["models"]) == {"tiny-teacher", "tiny-hybrid"}
+    hybrid, teacher = report["models"]["tiny-hybrid"], report["models"]["tiny-teacher"]
+    assert "lightning_attention" in hybrid["layer_types"]
+    for model in (hybrid, teacher):
+        assert 0 <= model["ruler"]["average"]["1024"] <= 100
+        assert model["speed"][0]["length"] == 512 and model["speed"][0]["ttft_s"] > 0
+    # the hybrid's cache is smaller than the teacher's full KV at the same length
+    assert hybrid["speed"][0]["cache_bytes"] < teacher["speed"][0]["cache_bytes"]
+    for name in ("demo.md", "demo_ruler.png", "demo_speed.png"):
+        assert (out / name).is_file()
 
 
 def test_import_verb(tmp_path):

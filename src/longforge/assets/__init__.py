@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent
-BUILTIN_MODELS = ("tiny-teacher",)
+BUILTIN_MODELS = ("tiny-teacher", "tiny-hybrid")
 
 
 def asset_path(name: str) -> Path:

@@ -18,18 +18,10 @@ import torch
 from torch import nn
 
 from ..layers.lightning import LightningAttention
+from ..models.adapters.hf import _repeat_kv_rows
 from ..models.hybrid import HybridConfig, HybridForCausalLM
 
 ATTENTION_TYPE = {"hypenet": "full_attention", "sala": "sparse_attention"}
-
-
-def _repeat_kv_rows(w: torch.Tensor, num_kv_heads: int, num_heads: int) -> torch.Tensor:
-    d = w.shape[0] // num_kv_heads
-    return (
-        w.reshape(num_kv_heads, d, *w.shape[1:])
-        .repeat_interleave(num_heads // num_kv_heads, dim=0)
-        .reshape(num_heads * d, *w.shape[1:])
-    )
 
 
 def _neutral_gate(gate: nn.Linear | None, out_proj: nn.Linear) -> None:

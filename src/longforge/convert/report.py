@@ -3,24 +3,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
+from ..eval.report import _figure_png as _png
+from ..eval.report import length_label as _label
 from ..utils.io import atomic_write_bytes
-
-
-def _label(n: int) -> str:
-    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def plot_ruler(report: dict) -> bytes:
@@ -116,14 +104,19 @@ def markdown(report: dict) -> str:
         "",
         f"Held-out loss at {hl['seq_len']} tokens (nats/token): teacher {hl['teacher']:.4f}, hybrid {hl['hybrid']:.4f} "
         f"({100 * (hl['hybrid'] / hl['teacher'] - 1):+.2f} %).",
-        "",
-        f"RULER ({', '.join(r['tasks'])}; {r['samples']} samples per task and length), average:",
-        "",
-        "| model | " + " | ".join(_label(n) for n in r["lengths"]) + " |",
-        "|---|" + "---|" * len(r["lengths"]),
     ]
-    for who in ("teacher", "hybrid"):
-        lines.append(f"| {who} | " + " | ".join(f"{r[who]['average'][str(n)]:.1f}" for n in r["lengths"]) + " |")
+    if r["lengths"]:
+        lines += [
+            "",
+            f"RULER ({', '.join(r['tasks'])}; {r['samples']} samples per task and length), average:",
+            "",
+            "| model | " + " | ".join(_label(n) for n in r["lengths"]) + " |",
+            "|---|" + "---|" * len(r["lengths"]),
+        ]
+        for who in ("teacher", "hybrid"):
+            lines.append(f"| {who} | " + " | ".join(f"{r[who]['average'][str(n)]:.1f}" for n in r["lengths"]) + " |")
+    else:
+        lines += ["", "RULER: not run in this report (report.samples = 0); `longforge eval` or `longforge demo` measure it."]
     sel = report.get("selection") or {}
     if "scores" in sel:
         lines += [
