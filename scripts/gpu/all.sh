@@ -8,13 +8,13 @@ export PYTHONPATH=$PWD/src:/tmp/site:${PYTHONPATH:-} LONGFORGE_CACHE=/tmp/lfcach
 nvidia-smi -L
 JOBS=${JOBS:-perf,deco,convert,rl}
 IFS=, read -ra LIST <<< "$JOBS"
-for s in "${LIST[@]}"; do sed '/pip install/d' scripts/gpu/$s.sh > /tmp/gpu_$s.sh; done
-python3 -c "from longforge.data.corpus import prose_documents; print(len(prose_documents(('stdlib','numpy','torch'), cache_dir='/tmp/lfcache')), 'prose docs cached')"
+# each script without its own pip install (installed once above), next to the original so relative paths hold
+for s in "${LIST[@]}"; do sed '/pip install/d' scripts/gpu/$s.sh > scripts/gpu/.run_$s.sh; done
 R=$OUT/run; mkdir -p $R
 start=$(date +%s)
 gpu=0
 for s in "${LIST[@]}"; do
-  (CUDA_VISIBLE_DEVICES=$gpu OUT=$R timeout ${JOB_LIMIT:-470} bash /tmp/gpu_$s.sh > $R/$s.out 2>&1; echo "$s rc=$?" >> $R/$s.out) &
+  (CUDA_VISIBLE_DEVICES=$gpu OUT=$R timeout ${JOB_LIMIT:-468} bash scripts/gpu/.run_$s.sh > $R/$s.out 2>&1; echo "$s rc=$?" >> $R/$s.out) &
   gpu=$(( (gpu + 1) % 4 ))
 done
 wait
