@@ -116,7 +116,7 @@ def markdown(report: dict) -> str:
         for who in ("teacher", "hybrid"):
             lines.append(f"| {who} | " + " | ".join(f"{r[who]['average'][str(n)]:.1f}" for n in r["lengths"]) + " |")
     else:
-        lines += ["", "RULER: not run in this report (report.samples = 0); `longforge eval` / `longforge demo` measure it."]
+        lines += ["", "RULER: not run in this report (report.samples = 0); `longforge eval` measures it."]
     sel = report.get("selection") or {}
     if "scores" in sel:
         lines += [
