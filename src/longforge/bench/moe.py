@@ -42,7 +42,8 @@ TUNE_CONFIGS = (
 # Tried in addition for chunks of ≤ 16 tokens (one BLOCK_N): the first H200 run showed batch 1 bound by the chain of
 # dependent loops (router → up → down, a memory round trip per iteration): the fused layer took the same time at
 # ρ = 10 % and 50 % (14.5 µs at 0.1B, 27.5 µs at 1.2B), ≈ 5 µs + 0.8 µs per loop iteration on the critical path.
-# Wider router tiles (BLOCK_R), every load of a loop pipelined (LOOP_STAGES), the down-projection over more programs (SPLIT), router and up-projection in
+# Wider router tiles (BLOCK_R), every load of a loop pipelined (LOOP_STAGES), the down-projection over more programs
+# (SPLIT), router and up-projection in
 # one pass (SPECULATE). (UNROLL is left out: ptxas
 # takes over a minute on the unrolled kernel, more than the tuning budget.)
 TUNE_CONFIGS_SMALL = (
