@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded default", description=cmd_demo.__doc__)
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--lengths", default=None, help="RULER-lite lengths (default 1024,4096; 16384 = 4x the training length takes several minutes on CPU)")
+    p.add_argument(
+        "--lengths", default=None, help="RULER-lite lengths (default 1024,4096; 16384 = 4x training length: slow on CPU)"
+    )
     p.add_argument("--samples", type=int, default=1, help="samples per task and length")
     p.add_argument("--speed-lengths", default=None, help="prompt lengths of the speed table (default 1024,4096)")
     p.add_argument("--convert", action="store_true", help="rerun the conversion first (GPU recommended)")
