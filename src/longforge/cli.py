@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the embedded default", description=cmd_demo.__doc__)
     p.add_argument("--out", default="runs/demo")
     p.add_argument(
-        "--lengths", default=None, help="RULER-lite lengths (default 1024,4096; 16384 = 4x training length: slow on CPU)"
+        "--lengths", default=None, help="RULER-lite lengths (default 1024,4096; 16384 = 4x, slow on CPU)"
     )
     p.add_argument("--samples", type=int, default=1, help="samples per task and length")
     p.add_argument("--speed-lengths", default=None, help="prompt lengths of the speed table (default 1024,4096)")
