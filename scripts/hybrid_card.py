@@ -79,7 +79,9 @@ def card(run: Path, demo: dict | None, sweep: dict | None) -> str:
         h = s["history"]
         lines.append(f"| {name} | {s['tokens']:,} | {s['steps']} | {s['seq_len']} | {s['seconds']} | "
                      f"{h[0][1]:.3f} → {h[-1][1]:.3f} |")  # fmt: skip
-    lines += ["", f"Recipe: `recipes/convert/tiny-sala.yaml` with `{cfg['attn_ratio']=}` and the overrides recorded in "
+    layers = cfg["select"]["layers"]
+    chosen = f"`select.layers = {layers}`" if layers else f"`attn_ratio {cfg['attn_ratio']}`"
+    lines += ["", f"Recipe: `recipes/convert/tiny-sala.yaml` with {chosen} and the other overrides recorded in "
               "`conversion_report.json` (`config`)."]  # fmt: skip
     if sweep is not None:
         sel = sweep["runs"]["tiny-sala"]["selection"]
