@@ -98,3 +98,15 @@ def parse_length(text: str) -> int:
 
 def environment() -> dict:
     return {"torch": torch.__version__, "cuda": torch.version.cuda}
+
+
+def style_log_axes(axes, titles, xlabel: str) -> None:
+    """Log-log axes with a title each, a grid, and a legend where something is labelled."""
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)

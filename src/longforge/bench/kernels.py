@@ -342,14 +342,7 @@ def write_results(records: list[dict], out_dir, device: torch.device, plot: bool
             axes[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=mixer)
     if device.type == "cuda":
         axes[1].axhline(PEAK_TFLOPS_GEMM, color="gray", ls="--", lw=0.8, label="792 TFLOP/s (GEMM)")
-    for ax, title in zip(axes, ("forward time (ms)", "achieved TFLOP/s")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    _report.style_log_axes(axes, ("forward time (ms)", "achieved TFLOP/s"), "sequence length")
     fig.suptitle(f"longforge bench kernels — {r0['device']}")
     fig.tight_layout()
     _report.save_figure(fig, stem)

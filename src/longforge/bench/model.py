@@ -362,14 +362,8 @@ def write_results(records: list[dict], out_dir, device: torch.device, plot: bool
                     fontsize=7,
                     color="red",
                 )
-    for ax, title in zip(axes, ("time to first token (s)", "decode tokens/s (batch 1)", "peak memory (GiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("prompt tokens")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    titles = ("time to first token (s)", "decode tokens/s (batch 1)", "peak memory (GiB)")
+    _report.style_log_axes(axes, titles, "prompt tokens")
     fig.suptitle(f"longforge bench model — {_report.device_name(device)}")
     fig.tight_layout()
     _report.save_figure(fig, stem)

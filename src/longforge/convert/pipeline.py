@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from .models import (
     selection_scores,
     student_config,
 )
-from .stages import Runtime, align_loss, distill_loss, finetune_loss, heldout_loss, run_stage
+from .stages import Runtime, align_loss, clear_checkpoint, distill_loss, finetune_loss, heldout_loss, run_stage
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -211,7 +210,7 @@ class _Run:
             os.replace(tmp, self.out / "stage1" / "students.safetensors")
         self.rt.barrier()
         self._mark_done("1", _stage_info(summary, spec))
-        shutil.rmtree(self.out / "stage1" / "checkpoint", ignore_errors=True)
+        clear_checkpoint(self.out / "stage1")
 
     def select(self) -> list[int]:
         if self.done("select"):
@@ -294,7 +293,7 @@ class _Run:
         self._save_model(self.hybrid, self.out / "stage2" / "model")
         self.rt.barrier()
         self._mark_done("2", _stage_info(summary, spec))
-        shutil.rmtree(self.out / "stage2" / "checkpoint", ignore_errors=True)
+        clear_checkpoint(self.out / "stage2")
 
     def current_hybrid(self):
         if self.hybrid is not None:
@@ -323,7 +322,7 @@ class _Run:
         self._save_model(model, self.out / "stage3" / "model")
         self.rt.barrier()
         self._mark_done("3", _stage_info(summary, spec))
-        shutil.rmtree(self.out / "stage3" / "checkpoint", ignore_errors=True)
+        clear_checkpoint(self.out / "stage3")
 
     def train_length(self) -> int:
         return self.cfg.stage3.seq_len if "3" in self.cfg.stages or self.done("3") else self.cfg.stage2.seq_len
