@@ -22,7 +22,9 @@ class StaticKVLayerCache(KVLayerCache):
     kind = "full_attention"
 
     def __init__(self, batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype, device):
-        self._k = torch.empty(batch, max_len, num_kv_heads, head_dim, dtype=dtype, device=device)
+        # Zeroed, not empty: the static decode path (`infer.static_decode`) reads the whole fixed-size buffer with the
+        # unwritten tail masked, and a masked NaN from uninitialised memory would still poison ``p @ v``.
+        self._k = torch.zeros(batch, max_len, num_kv_heads, head_dim, dtype=dtype, device=device)
         self._v = torch.empty_like(self._k)
         self.length = 0
 

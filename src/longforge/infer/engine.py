@@ -8,7 +8,9 @@
              stops when every sequence has produced EOS
 
 A `HybridForCausalLM` gets a `HybridCache` whose full / sparse KV is pre-allocated for the whole request
-(`longforge.infer.cache`); any other transformers causal LM gets transformers' ``DynamicCache``. Shapes: input_ids
+(`longforge.infer.cache`); any other transformers causal LM gets transformers' ``DynamicCache``. On CUDA a hybrid
+decodes over static buffers (`longforge.infer.static_decode`) with the step captured once in a CUDA graph and
+replayed per token (``cuda_graph=True``, the default; sampling stays outside the graph). Shapes: input_ids
 [B, T] (every row a full prompt of the same length, no padding); generated tokens [B, N].
 """
 
@@ -112,6 +114,10 @@ class InferenceEngine:
         memory_budget_bytes: bytes the request may use besides the resident weights; ``None`` = what the device has
             free now (``torch.cuda.mem_get_info`` plus the allocator's unused reserve; available RAM on CPU).
         static_cache: pre-allocate the hybrid's KV for the whole request (no ``torch.cat`` growth).
+        cuda_graph: on CUDA, decode a hybrid with the static-shape step captured in a CUDA graph (ignored on CPU;
+            a failed capture warns once and decodes eagerly).
+        static_decode: decode a hybrid with the static-shape step (`infer.static_decode`); ``None`` = exactly when
+            CUDA graphs are used. ``True`` on CPU runs the same step eagerly (tests compare it with the dynamic one).
     """
 
     def __init__(
@@ -120,6 +126,8 @@ class InferenceEngine:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         memory_budget_bytes: int | None = None,
         static_cache: bool = True,
+        cuda_graph: bool = True,
+        static_decode: bool | None = None,
     ):
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -127,6 +135,8 @@ class InferenceEngine:
             raise ValueError(f"memory_budget_bytes must be >= 0, got {memory_budget_bytes}")
         from ..models.hybrid.modeling_hybrid import HybridForCausalLM
 
+        if static_decode and not isinstance(model, HybridForCausalLM):
+            raise ValueError("static_decode needs a HybridForCausalLM (other models decode with transformers' cache)")
         self.model = model.eval()
         self.config = model.config
         self.chunk_size = chunk_size
@@ -138,6 +148,11 @@ class InferenceEngine:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda" and self.is_hybrid
+        self.static_decode = self.cuda_graph if static_decode is None else bool(static_decode)
+        self.cuda_graph = self.cuda_graph and self.static_decode
+        # How the last request decoded: {"static", "cuda_graph", "graph_replays", "graph_failed"} (None before one).
+        self.last_decode_info: dict | None = None
 
     # ------------------------------------------------------------------ planning
     def describe_request(self, batch: int, prompt_len: int, max_new_tokens: int) -> str:
@@ -229,7 +244,7 @@ class InferenceEngine:
             generator.manual_seed(seed if seed is not None else secrets.randbits(63))  # no seed: fresh entropy
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        cache = None
+        cache = decoder = None
         chunk_times: list[float] = []
         try:
             _sync(self.device)
@@ -251,10 +266,16 @@ class InferenceEngine:
 
             tokens = [token]
             finished = self._is_eos(token, eos)
+            if self.static_decode and max_new_tokens > 1:
+                from .static_decode import StaticDecoder, StaticDecodeState
+
+                decoder = StaticDecoder(self.model, StaticDecodeState(self.model, cache, T + max_new_tokens),
+                                        cuda_graph=self.cuda_graph)
             t1 = time.perf_counter()
             steps = 0
-            while len(tokens) < max_new_tokens and not bool(finished.all()):
-                logits = self._step(token[:, None], cache)
+            # Without EOS ids nothing can finish: skip the per-token host sync of `finished.all()`.
+            while len(tokens) < max_new_tokens and not (eos and bool(finished.all())):
+                logits = decoder.step(token) if decoder is not None else self._step(token[:, None], cache)
                 token = sample_next(logits, temperature, top_k, top_p, generator)
                 if eos:
                     token = torch.where(finished, torch.full_like(token, eos[0]), token)
@@ -265,11 +286,17 @@ class InferenceEngine:
                     progress("decode", len(tokens), max_new_tokens)
             _sync(self.device)
             decode_s = time.perf_counter() - t1
+            self.last_decode_info = {
+                "static": decoder is not None,
+                "cuda_graph": decoder is not None and decoder.use_graph,
+                "graph_replays": 0 if decoder is None else decoder.replays,
+                "graph_failed": None if decoder is None else decoder.graph_failed,
+            }
         except Exception as e:
             if not _is_oom(e):
                 raise
-            del cache
-            cache = None
+            del cache, decoder  # the static state and graphs hold the buffers
+            cache = decoder = None
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
