@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=progress,
     )
     warm_seconds = time.time() - t0
+    trainer.reset_reference()  # β > 0: KL to the warmed-up policy, not to the base model it started from
     warm_evals = [h for h in warm_history if "eval_reward" in h]
     warm_steps = max((h["step"] for h in warm_history if "loss" in h), default=0)
     reached = bool(wcfg.target_reward and warm_evals and warm_evals[-1]["eval_reward"] >= wcfg.target_reward)

@@ -5,9 +5,20 @@ set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 sed "/pip[ ]install/d" scripts/gpu/rl.sh > scripts/gpu/.rl_nopip.sh   # installed once above, not three times at once
 run() { RL_NAME=rl-$1 RL_ARGS="$2" bash scripts/gpu/.rl_nopip.sh > /tmp/rl-$1.out 2>&1; echo "rl-$1 rc=$?"; }
-W="--warmup-share 0.45"
-run w30 "$W warmup.target_reward=0.30 lr=1.0e-4" &
-run w30kl "$W warmup.target_reward=0.30 lr=1.0e-4 beta=0.04" &
-run w15 "$W lr=1.0e-4" &
+# exact match for the short answers (a name, a place): binary and unhackable by longer completions
+EX='reward_overrides={"FuzzyNeedle":"exact_match","KeyChain":"exact_match"}'
+EX3='reward_overrides={"FuzzyNeedle":"exact_match","KeyChain":"exact_match","MultiNeedle":"f1"}'
+FK="data.datasets=[FuzzyNeedle,KeyChain]"
+W="--warmup-share 0.4"
+NAMES="${RL_VARIANTS:-fk5 fk10 all-kl}"
+for n in $NAMES; do
+  case $n in
+    fk5) run fk5 "$W $FK $EX lr=5.0e-5" & ;;
+    fk10) run fk10 "$W $FK $EX lr=1.0e-4" & ;;
+    all-kl) run all-kl "$W $EX3 lr=1.0e-4 beta=0.04" & ;;
+    w30) run w30 "$W warmup.target_reward=0.30 lr=1.0e-4" & ;;
+    w15) run w15 "$W lr=1.0e-4" & ;;
+  esac
+done
 wait
-for n in w30 w30kl w15; do echo "=== rl-$n"; tail -12 /tmp/rl-$n.out; done
+for n in $NAMES; do echo "=== rl-$n"; tail -12 /tmp/rl-$n.out; done

@@ -241,3 +241,19 @@ def test_sample_completions_splits_a_batch_that_runs_out_of_memory(tokenizer, ti
     model.generate = generate
     got = sample_completions(model, tokenizer, prompts, 2, 5, do_sample=False, batch_size=6)
     assert sizes == [6, 3, 1, 2, 3, 1, 2] and got == reference
+
+
+def test_reset_reference_follows_a_policy_changed_outside_grpo(tmp_path, tokenizer, tiny_model):
+    # the KL reference is a copy taken at construction; after a warm-up it must be re-taken, or β pulls the policy
+    # back to the base model (the first H200 KL run measured k3 ≈ 13 nats/token at step 1 for this reason)
+    model = tiny_model("qwen3")
+    cfg = tiny_cfg(tmp_path, beta=0.1)
+    trainer = GRPOTrainer(cfg, model=model, tokenizer=tokenizer, records=short_records(), reward_fn=length_reward)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.01)
+    ref = dict(trainer.ref_model.named_parameters())
+    assert any(not torch.equal(p, ref[n]) for n, p in trainer.model.named_parameters())
+    trainer.reset_reference()
+    ref = dict(trainer.ref_model.named_parameters())
+    assert all(torch.equal(p, ref[n]) and not ref[n].requires_grad for n, p in trainer.model.named_parameters())

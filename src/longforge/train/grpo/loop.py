@@ -86,6 +86,12 @@ class GRPOTrainer:
         self.stop_requested = False  # set (e.g. by a signal handler) to end fit() after the current step
         self.on_step: Callable[[dict], None] | None = None  # called with each step's record (e.g. a log line)
 
+    def reset_reference(self) -> None:
+        """Make the current policy the KL reference (β > 0): call it after changing the policy outside GRPO, e.g.
+        after an SFT warm-up, or the KL term pulls the policy back towards the weights it was constructed with."""
+        if self.cfg.beta > 0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+
     # ------------------------------------------------------------------ pieces
     def _registry_reward(self):
         from ..rewards import LLMJudge, score
