@@ -62,7 +62,8 @@ def test_engine_static_decode_equals_dynamic_decode():
     engine = InferenceEngine(model, chunk_size=16, static_decode=True)
     out = engine.generate(prompt, 20, eos_token_id=None)
     assert torch.equal(out.tokens, ref.tokens)
-    assert engine.last_decode_info == {"static": True, "cuda_graph": False, "graph_replays": 0, "graph_failed": None}
+    assert engine.last_decode_info == {"static": True, "cuda_graph": False, "graph_replays": 0, "graph_failed": None,
+                                       "capture_s": 0.0, "replay_tokens_per_s": None}
     # the default on CPU is the dynamic decode; cuda_graph is ignored there
     assert not InferenceEngine(model, cuda_graph=True).static_decode
 
@@ -123,3 +124,31 @@ def test_static_state_rejects_bad_requests():
         StaticDecodeState(model, cache, 5)
     with pytest.raises(ValueError, match="static_decode needs a HybridForCausalLM"):
         InferenceEngine(torch.nn.Linear(2, 2), static_decode=True)
+
+
+_INTERPRET_SCRIPT = r"""
+import torch
+from longforge.infer.static_attention import decode_attention_reference, decode_attention_triton
+torch.manual_seed(0)
+# fp32 and fp16 (the interpreter's bf16 dot is wrong, so bf16 is checked on the GPU only); a split past pos, GQA 4
+for B, H, Hkv, D, L, pos, limit, dt in [(2, 8, 2, 32, 700, 137, None, torch.float32),
+                                        (1, 6, 2, 48, 300, 0, 64, torch.float16)]:
+    q, k, v = (torch.randn(B, n, h, D, dtype=dt) for n, h in ((1, H), (L, Hkv), (L, Hkv)))
+    out = decode_attention_triton(q, k, v, torch.tensor(pos), limit=limit)
+    ref = decode_attention_reference(q, k, v, torch.tensor(pos), limit=limit)
+    tol = 1e-5 if dt == torch.float32 else 2e-3
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+print("ok")
+"""
+
+
+def test_triton_decode_attention_under_the_interpreter():
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", _INTERPRET_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

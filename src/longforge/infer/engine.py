@@ -151,7 +151,7 @@ class InferenceEngine:
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda" and self.is_hybrid
         self.static_decode = self.cuda_graph if static_decode is None else bool(static_decode)
         self.cuda_graph = self.cuda_graph and self.static_decode
-        # How the last request decoded: {"static", "cuda_graph", "graph_replays", "graph_failed"} (None before one).
+        # How the last request decoded: {"static", "cuda_graph", "graph_replays", "graph_failed", "capture_s"}.
         self.last_decode_info: dict | None = None
 
     # ------------------------------------------------------------------ planning
@@ -291,7 +291,13 @@ class InferenceEngine:
                 "cuda_graph": decoder is not None and decoder.use_graph,
                 "graph_replays": 0 if decoder is None else decoder.replays,
                 "graph_failed": None if decoder is None else decoder.graph_failed,
+                "capture_s": 0.0 if decoder is None else round(decoder.capture_s, 4),
+                # tokens/s of the replays alone: decode time less the eager warm-up steps and the captures
+                "replay_tokens_per_s": None,
             }
+            if decoder is not None and decoder.replays:
+                t = decode_s - decoder.warmup_s - decoder.capture_s  # the replays (and their sampling) alone
+                self.last_decode_info["replay_tokens_per_s"] = round(decoder.replays / t, 2) if t > 0 else None
         except Exception as e:
             if not _is_oom(e):
                 raise

@@ -21,6 +21,7 @@ at once, so a token reads only the filled part of the buffer however large it is
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import torch
@@ -66,11 +67,34 @@ def decode_attention_reference(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, *, 
     return masked_group_attention(q, kk, vv, visible, scale)
 
 
-def _triton_kernel():
-    import triton
+try:  # optional: the `gpu` extra
+    import triton as _triton
     import triton.language as tl
+except ImportError:  # pragma: no cover - CPU installs
+    _triton = None
 
-    @triton.jit
+if _triton is not None:
+    @_triton.jit
+    def _block(q, K, V, offs_n, end, b, h, m_i, l_i, acc, offs_d, offs_dv, stride_kb, stride_kn, stride_kh,
+               stride_vb, stride_vn, stride_vh, scale, D: tl.constexpr, DV: tl.constexpr):
+        """One BLOCK_N slice of keys into the running (max, sum, output) of the online softmax."""
+        mask_n = offs_n < end
+        k = tl.load(K + b * stride_kb + offs_n[None, :] * stride_kn + h * stride_kh + offs_d[:, None],
+                    mask=mask_n[None, :] & (offs_d[:, None] < D), other=0.0)  # [BLOCK_D, BLOCK_N]
+        s = tl.dot(q, k) * scale  # fp32 accumulation
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: exp(-inf - 0) = 0, not NaN
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vblk = tl.load(V + b * stride_vb + offs_n[:, None] * stride_vn + h * stride_vh + offs_dv[None, :],
+                       mask=mask_n[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [BLOCK_N, BLOCK_DV]
+        acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype), vblk)
+        return m_new, l_i, acc
+
+    # Lengths vary per request: no integer specialisation, so one compiled kernel serves every buffer length.
+    @_triton.jit(do_not_specialize=["limit", "split_len"])
     def _decode_split_kv(
         Q, K, V, POS, O_PART, M_PART, L_PART,
         stride_qb, stride_qh,
@@ -79,10 +103,11 @@ def _triton_kernel():
         limit, split_len, scale,
         HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
         BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        NSPLIT: tl.constexpr, ITERS: tl.constexpr,
+        INTERPRET_ITERS: tl.constexpr,
     ):
         bh = tl.program_id(0)
         split = tl.program_id(1)
+        nsplit = tl.num_programs(1)
         b = bh // HKV
         h = bh % HKV
         n_keys = tl.minimum(tl.load(POS).to(tl.int32) + 1, limit)
@@ -97,33 +122,24 @@ def _triton_kernel():
         m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
-        # A compile-time trip count (ITERS = split_len / BLOCK_N) keeps the kernel runnable under TRITON_INTERPRET;
-        # the loads past ``end`` are masked, so they read no memory.
-        for i in range(0, ITERS):
-            offs_n = start + i * BLOCK_N + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < end
-            k = tl.load(K + b * stride_kb + offs_n[None, :] * stride_kn + h * stride_kh + offs_d[:, None],
-                        mask=mask_n[None, :] & (offs_d[:, None] < D), other=0.0)  # [BLOCK_D, BLOCK_N]
-            s = tl.dot(q, k) * scale  # fp32 accumulation
-            s = tl.where(mask_n[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: exp(-inf - 0) = 0, not NaN
-            alpha = tl.exp(m_i - m_safe)
-            p = tl.exp(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            vblk = tl.load(V + b * stride_vb + offs_n[:, None] * stride_vn + h * stride_vh + offs_dv[None, :],
-                           mask=mask_n[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [BLOCK_N, BLOCK_DV]
-            acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype), vblk)
-            m_i = m_new
-        row = (bh * NSPLIT + split) * G + offs_g
+        if INTERPRET_ITERS > 0:
+            # The interpreter wants a compile-time trip count; the slices past ``end`` are fully masked.
+            for i in range(0, INTERPRET_ITERS):
+                offs_n = start + i * BLOCK_N + tl.arange(0, BLOCK_N)
+                m_i, l_i, acc = _block(q, K, V, offs_n, end, b, h, m_i, l_i, acc, offs_d, offs_dv, stride_kb,
+                                       stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, scale, D, DV)
+        else:
+            # Compiled: only the filled part of this split is visited (a split past ``pos`` does nothing).
+            for n0 in range(start, end, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                m_i, l_i, acc = _block(q, K, V, offs_n, end, b, h, m_i, l_i, acc, offs_d, offs_dv, stride_kb,
+                                       stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, scale, D, DV)
+        row = (bh * nsplit + split) * G + offs_g
         tl.store(M_PART + row, m_i, mask=mask_g)
         tl.store(L_PART + row, l_i, mask=mask_g)
         tl.store(O_PART + row[:, None] * DV + offs_dv[None, :], acc, mask=mask_g[:, None] & (offs_dv[None, :] < DV))
 
-    return triton, _decode_split_kv
 
-
-_KERNEL = None
 
 
 def _num_splits(limit: int, bh: int, block_n: int) -> int:
@@ -135,10 +151,8 @@ def _num_splits(limit: int, bh: int, block_n: int) -> int:
 def decode_attention_triton(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, *, limit: int | None = None,
                             scale: float | None = None, block_n: int = 64) -> Tensor:
     """``decode_attention_reference`` as a Triton split-KV kernel (fp32 result [B, 1, H, Dv])."""
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _triton_kernel()
-    triton, kernel = _KERNEL
+    if _triton is None:
+        raise RuntimeError("triton is not installed (the `gpu` extra)")
     B, _, H, D = q.shape
     L, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
     limit = L if limit is None else limit
@@ -153,16 +167,17 @@ def decode_attention_triton(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, *, lim
     o_part = torch.empty(B * Hkv * nsplit * G, Dv, device=q.device, dtype=torch.float32)
     m_part = torch.empty(B * Hkv * nsplit * G, device=q.device, dtype=torch.float32)
     l_part = torch.empty_like(m_part)
-    kernel[(B * Hkv, nsplit)](
+    _decode_split_kv[(B * Hkv, nsplit)](
         q, k, v, pos, o_part, m_part, l_part,
         q.stride(0), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         limit, split_len, scale,
         HKV=Hkv, G=G, D=D, DV=Dv,
-        BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
-        NSPLIT=nsplit, ITERS=split_len // block_n, num_warps=4, num_stages=2,
+        BLOCK_G=max(16, _triton.next_power_of_2(G)), BLOCK_N=block_n,
+        BLOCK_D=max(16, _triton.next_power_of_2(D)), BLOCK_DV=max(16, _triton.next_power_of_2(Dv)),
+        INTERPRET_ITERS=split_len // block_n if os.environ.get("TRITON_INTERPRET") == "1" else 0,
+        num_warps=4, num_stages=2,
     )
     # Merge the splits by their log-sum-exps (an empty split has m = -inf, l = 0 and weighs 0).
     m = m_part.view(B, Hkv, nsplit, G)

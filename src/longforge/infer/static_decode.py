@@ -26,6 +26,7 @@ engine's prompts have none). Shapes: input_ids [B, 1]; logits [B, V] fp32.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import torch
@@ -343,7 +344,7 @@ class StaticDecoder:
     and the decoder stays eager.
     """
 
-    def __init__(self, model, state: StaticDecodeState, cuda_graph: bool = True, warmup: int = 2):
+    def __init__(self, model, state: StaticDecodeState, cuda_graph: bool = True, warmup: int = 1):
         self.model, self.state = model, state
         device = state.pos.device
         self.use_graph = bool(cuda_graph) and device.type == "cuda"
@@ -353,6 +354,8 @@ class StaticDecoder:
         self.eager_steps: dict[tuple, int] = {}
         self.graph_failed: str | None = None
         self.replays = 0
+        self.capture_s = 0.0  # wall time of the captures and of the eager warm-up steps before them (synchronised)
+        self.warmup_s = 0.0
         self._pool = None
         self._stream = torch.cuda.Stream(device) if self.use_graph else None
 
@@ -372,10 +375,13 @@ class StaticDecoder:
             self.replays += 1
         elif self.eager_steps.get(mode, 0) < self.warmup:
             # Warm-up on a side stream (as torch.cuda.graphs recommends): real steps, whose results are used.
+            t0 = time.perf_counter()
             self._stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self._stream):
                 logits = self._eager(mode)
             torch.cuda.current_stream().wait_stream(self._stream)
+            torch.cuda.synchronize()
+            self.warmup_s += time.perf_counter() - t0
             self.eager_steps[mode] = self.eager_steps.get(mode, 0) + 1
         else:
             logits = self._capture(mode)
@@ -385,10 +391,13 @@ class StaticDecoder:
     def _capture(self, mode) -> Tensor:
         """Capture this step's graph (capture runs nothing), then replay it for this very token."""
         graph = torch.cuda.CUDAGraph()
+        t0 = time.perf_counter()
         try:
             torch.cuda.synchronize()
             with torch.cuda.graph(graph, pool=self._pool):
                 logits = self._eager(mode)
+            torch.cuda.synchronize()
+            self.capture_s += time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 — any capture failure: warn once, stay eager (state is untouched)
             self.graph_failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warnings.warn(f"CUDA-graph capture of the decode step failed ({self.graph_failed}); decoding eagerly",
