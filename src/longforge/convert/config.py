@@ -14,6 +14,7 @@ RECIPES = ("hypenet", "sala")
 STAGES = ("1", "select", "2", "3", "hype")
 PRECISIONS = ("auto", "bf16", "fp32")
 SCHEDULES = ("cosine", "constant")
+PARALLEL = ("fsdp", "replicate")
 
 
 @dataclass
@@ -98,6 +99,10 @@ class ConvertConfig:
     save_every: int = 200  # optimizer steps between checkpoints inside a stage
     eval_batch_size: int = 8
     max_shard_size: str = "15MB"
+    # Under torchrun (WORLD_SIZE > 1): fsdp shards the trained modules and the frozen teacher with FSDP2 (one unit per
+    # decoder layer / per student); replicate keeps a full copy on every rank and all-reduces gradients. Ignored on
+    # one process. Checkpoints are the same in both modes, so a run may resume in the other one.
+    parallel: str = "fsdp"
 
     def validate(self) -> None:
         if self.recipe not in RECIPES:
@@ -112,6 +117,8 @@ class ConvertConfig:
             raise ValueError(f"stages must be in pipeline order {', '.join(STAGES)} without repeats; got {self.stages}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         for name in ("stage1", "stage2", "stage3"):

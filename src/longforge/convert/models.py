@@ -93,11 +93,21 @@ def lightning_from_attention(attn: nn.Module, config: HybridConfig, layer_idx: i
     return student
 
 
-def build_student_bank(teacher: HybridForCausalLM, config: HybridConfig) -> nn.ModuleList:
+class StudentBank(nn.ModuleList):
+    """The Lightning students of every layer (``bank[i]`` is layer i's; state-dict keys ``"<i>.q_proj.weight"``).
+
+    ``bank(inputs)`` runs student i on ``inputs[i]`` (the mixer's positional arguments) and returns their outputs:
+    one call through the bank, so that under FSDP2 the bank is the root that gathers each student in turn."""
+
+    def forward(self, inputs: list[tuple]) -> list[torch.Tensor]:
+        if len(inputs) != len(self):
+            raise ValueError(f"the bank has {len(self)} students, got inputs for {len(inputs)} layers")
+        return [student(*args) for student, args in zip(self, inputs)]
+
+
+def build_student_bank(teacher: HybridForCausalLM, config: HybridConfig) -> StudentBank:
     """One Lightning student per teacher layer (stage 1 trains all of them at once)."""
-    return nn.ModuleList(
-        lightning_from_attention(layer.mixer, config, i) for i, layer in enumerate(teacher.model.layers)
-    )
+    return StudentBank(lightning_from_attention(layer.mixer, config, i) for i, layer in enumerate(teacher.model.layers))
 
 
 @contextlib.contextmanager

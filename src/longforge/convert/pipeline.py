@@ -8,10 +8,18 @@ Layout of ``cfg.out_dir`` (every file written atomically; a rerun resumes where 
     stage1/summary.json, selection.json, stage2/model/, stage3/model/, hype.json
     model/                   the final hybrid (HF directory: config, safetensors shards, tokenizer)
     report.json, report.md, report_ruler.png, report_losses.png, report_selection.png
+
+Under ``torchrun`` with ``parallel: fsdp`` (the default), the trained modules — the student bank in stage 1 (one
+FSDP2 unit per student), the hybrid in stages 2 and 3 (one unit per decoder layer, plus the root) — and the frozen
+teacher of stages 1 and 2 are sharded over the ranks; each is built on the CPU and sharded onto the GPUs, so no rank
+ever holds a whole copy while training. Stage checkpoints and stage results are full state dicts gathered to rank 0
+and written by it, the same files as in a one-process run. The evaluation steps (layer-selection sweep, HyPE sweep,
+report) use whole, unsharded models, as in ``parallel: replicate``.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -38,7 +46,7 @@ TOKENIZER_FILES = (
     "tokenizer.model", "generation_config.json",
 )  # fmt: skip
 # Fields that may differ between a run and its resumption without changing any result.
-_RESUMABLE_FIELDS = {"stages", "save_every", "report", "eval_batch_size"}
+_RESUMABLE_FIELDS = {"stages", "save_every", "report", "eval_batch_size", "parallel"}
 
 
 def _runtime(cfg: ConvertConfig, progress: bool) -> Runtime:
@@ -57,7 +65,7 @@ def _runtime(cfg: ConvertConfig, progress: bool) -> Runtime:
             torch.cuda.set_device(local)
     device = torch.device("cuda", local) if kind == "cuda" else torch.device("cpu")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and kind == "cuda")
-    return Runtime(device, use_bf16, rank, world, cfg.save_every, progress)
+    return Runtime(device, use_bf16, rank, world, cfg.save_every, progress, parallel=cfg.parallel)
 
 
 class _Run:
@@ -78,15 +86,59 @@ class _Run:
             raise ValueError(f"the teacher's tokenizer ({cfg.teacher}) has no eos token; the data stream needs one")
         self.user_docs = self._read_user_data()
         torch.manual_seed(cfg.seed)
-        teacher_dtype = torch.bfloat16 if self.rt.device.type == "cuda" else torch.float32
-        self.teacher = load_teacher(cfg.teacher, dtype=teacher_dtype).to(self.rt.device).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self._teacher = None  # whole, on this rank's device (evaluation; training when not sharded)
+        self._sharded_teacher = None  # FSDP2-sharded (training under parallel: fsdp)
+        if not self.rt.sharded:
+            self._teacher = self._load_teacher(self.rt.device)
         self.teacher_path = self._teacher_dir()
         self.teacher_save_dtype = _checkpoint_dtype(self.teacher_path)
         self.students = None
         self.hybrid = None
         self._heldout = {}
+
+    # -------------------------------------------------------------------------------------------- the teacher
+
+    def _load_teacher(self, device):
+        dtype = torch.bfloat16 if self.rt.device.type == "cuda" else torch.float32
+        teacher = load_teacher(self.cfg.teacher, dtype=dtype).to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    @property
+    def teacher(self):
+        """The whole frozen teacher on this rank's device (loaded when first needed; frees a sharded one)."""
+        if self._teacher is None:
+            self._drop_sharded_teacher()
+            self._teacher = self._load_teacher(self.rt.device)
+        return self._teacher
+
+    def _shard_teacher(self, cpu_teacher) -> None:
+        """Make ``cpu_teacher`` (a whole teacher on the CPU) the FSDP2-sharded training teacher."""
+        self._teacher = None
+        self._drop_sharded_teacher()
+        self._sharded_teacher = self.rt.shard(cpu_teacher, cpu_teacher.model.layers)
+
+    def _reshard_teacher(self) -> None:
+        # FSDP2 keeps a root's parameters gathered after forward (for backward); the frozen teacher has no backward.
+        if self._sharded_teacher is not None:
+            self._sharded_teacher.reshard()
+
+    def _drop_sharded_teacher(self) -> None:
+        if self._sharded_teacher is not None:
+            self._sharded_teacher = None
+            _free_memory()
+
+    def _num_layers(self) -> int:
+        """The teacher's depth, without loading its weights when they are not in memory."""
+        if self._teacher is None and self.teacher_path is not None and (self.teacher_path / "config.json").is_file():
+            config = json.loads((self.teacher_path / "config.json").read_text())
+            if isinstance(config.get("num_hidden_layers"), int):
+                return config["num_hidden_layers"]
+        return self.teacher.config.num_hidden_layers
+
+    def training_teacher(self):
+        return self._sharded_teacher if self.rt.sharded else self.teacher
 
     # -------------------------------------------------------------------------------------------- bookkeeping
 
@@ -176,47 +228,68 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------------ stages
 
-    def bank_config(self):
-        n = self.teacher.config.num_hidden_layers
-        return student_config(self.teacher.config, ["lightning_attention"] * n, self.cfg.recipe, self.cfg.hybrid)
+    def bank_config(self, teacher=None):
+        config = (teacher if teacher is not None else self.teacher).config
+        n = config.num_hidden_layers
+        return student_config(config, ["lightning_attention"] * n, self.cfg.recipe, self.cfg.hybrid)
 
     def load_students(self) -> None:
+        self.students = build_student_bank(self.teacher, self.bank_config()).float()
+        if self.done("1"):
+            self._read_students(self.students)
+        self.students.to(self.rt.device)
+
+    def _read_students(self, bank):
         from safetensors.torch import load_file
 
-        self.students = build_student_bank(self.teacher, self.bank_config()).float()
         path = self.out / "stage1" / "students.safetensors"
-        if self.done("1"):
-            if not path.is_file():
-                raise ValueError(f"{path} is missing although stage 1 is marked done; delete {self.out} to restart")
-            self.students.load_state_dict(load_file(str(path)))
-        self.students.to(self.rt.device)
+        if not path.is_file():
+            raise ValueError(f"{path} is missing although stage 1 is marked done; delete {self.out} to restart")
+        bank.load_state_dict(load_file(str(path)))
+        return bank
 
     def stage1(self) -> None:
         from safetensors.torch import save_file
 
-        self.load_students()
+        from ..train.fsdp import full_state
+
         if self.done("1"):
+            if not self.rt.sharded:
+                self.load_students()
             return
+        if self.rt.sharded:  # the bank and the teacher, built whole on the CPU, then sharded onto the devices
+            cpu_teacher = self._load_teacher("cpu")
+            students = build_student_bank(cpu_teacher, self.bank_config(cpu_teacher)).float()
+            self._shard_teacher(cpu_teacher)
+            self.rt.shard(students, list(students))
+        else:
+            self.load_students()
+            students = self.students
+        teacher = self.training_teacher()
         spec = self.cfg.stage1
         summary = run_stage(
-            "1 (align)", spec, self.students,
-            lambda batch: align_loss(self.teacher, self.students, batch, self.rt),
-            self.stream(salt=1), self.out / "stage1", self.rt,
+            "1 (align)", spec, students,
+            lambda batch: align_loss(teacher, students, batch, self.rt),
+            self.stream(salt=1), self.out / "stage1", self.rt, after_step=self._reshard_teacher,
         )  # fmt: skip
+        weights, _ = full_state(students)  # a collective when sharded: every rank takes part, rank 0 gets it
         if self.rt.is_main:
-            weights = {k: v.detach().cpu().contiguous() for k, v in self.students.state_dict().items()}
+            weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
             tmp = self.out / "stage1" / ".students.safetensors.tmp"
             save_file(weights, str(tmp))
             os.replace(tmp, self.out / "stage1" / "students.safetensors")
         self.rt.barrier()
         self._mark_done("1", _stage_info(summary, spec))
         clear_checkpoint(self.out / "stage1")
+        if self.rt.sharded:
+            del students, teacher
+            _free_memory()
 
     def select(self) -> list[int]:
         if self.done("select"):
             return self.state["selection"]["keep"]
         cfg = self.cfg.select
-        n = self.teacher.config.num_hidden_layers
+        n = self._num_layers()
         if cfg.layers is not None:
             if any(not 0 <= i < n for i in cfg.layers) or not cfg.layers:
                 raise ValueError(f"select.layers must name layers in [0, {n}), got {cfg.layers}")
@@ -258,42 +331,63 @@ class _Run:
         raise ValueError("no layer selection yet: include 'select' in stages (after stage 1) or set select.layers")
 
     def _save_model(self, model, target: Path) -> None:
+        """An HF directory written by rank 0; a sharded model is gathered first (every rank must call this then)."""
+        from ..train.fsdp import is_sharded
+
+        if is_sharded(model):
+            _save_sharded(model, target, self.cfg.max_shard_size, self.rt)
+        elif self.rt.is_main:
+            model.save_pretrained(target, max_shard_size=self.cfg.max_shard_size)
         if not self.rt.is_main:
             return
-        model.save_pretrained(target, max_shard_size=self.cfg.max_shard_size)
         if self.teacher_path is not None:
             for name in TOKENIZER_FILES:
                 if (self.teacher_path / name).is_file():
                     atomic_write_bytes(target / name, (self.teacher_path / name).read_bytes())
 
-    def _load_model(self, stage: str):
+    def _load_model(self, stage: str, device=None):
         from ..models import HybridForCausalLM
 
         path = self.out / f"stage{stage}" / "model"
         model = HybridForCausalLM.from_pretrained(path, dtype=torch.float32)
-        return model.to(self.rt.device)
+        return model.to(self.rt.device if device is None else device)
 
     def stage2(self) -> None:
         if self.done("2"):
             return
-        if self.students is None:
-            self.load_students()
         if not self.done("1"):
             raise ValueError("stage 2 needs the stage-1 students: run stage 1 first")
         keep = self.keep()
-        self.hybrid = assemble_hybrid(self.teacher, self.students, keep, self.cfg.recipe, self.cfg.hybrid)
-        self.hybrid = self.hybrid.float().to(self.rt.device)
-        self.students = None  # their weights now live in the hybrid
+        if self.rt.sharded:  # assembled whole on the CPU, then sharded onto the devices
+            self.students = None
+            cpu_teacher = self._load_teacher("cpu")
+            students = self._read_students(build_student_bank(cpu_teacher, self.bank_config(cpu_teacher)).float())
+            hybrid = assemble_hybrid(cpu_teacher, students, keep, self.cfg.recipe, self.cfg.hybrid).float()
+            del students
+            self._shard_teacher(cpu_teacher)
+            self.rt.shard(hybrid, hybrid.model.layers)
+        else:
+            if self.students is None:
+                self.load_students()
+            hybrid = assemble_hybrid(self.teacher, self.students, keep, self.cfg.recipe, self.cfg.hybrid)
+            hybrid = hybrid.float().to(self.rt.device)
+            self.students = None  # their weights now live in the hybrid
+        teacher = self.training_teacher()
         spec = self.cfg.stage2
         summary = run_stage(
-            "2 (distill)", spec, self.hybrid,
-            lambda batch: distill_loss(self.hybrid, self.teacher, batch, self.rt, self.cfg.kl_chunk),
-            self.stream(salt=2), self.out / "stage2", self.rt,
+            "2 (distill)", spec, hybrid,
+            lambda batch: distill_loss(hybrid, teacher, batch, self.rt, self.cfg.kl_chunk),
+            self.stream(salt=2), self.out / "stage2", self.rt, after_step=self._reshard_teacher,
         )  # fmt: skip
-        self._save_model(self.hybrid, self.out / "stage2" / "model")
+        self._save_model(hybrid, self.out / "stage2" / "model")
         self.rt.barrier()
         self._mark_done("2", _stage_info(summary, spec))
         clear_checkpoint(self.out / "stage2")
+        if self.rt.sharded:  # later steps load the whole model from stage2/model
+            del hybrid, teacher
+            self._drop_sharded_teacher()
+        else:
+            self.hybrid = hybrid
 
     def current_hybrid(self):
         if self.hybrid is not None:
@@ -307,9 +401,18 @@ class _Run:
     def stage3(self) -> None:
         if self.done("3"):
             return
-        model = self.current_hybrid()
+        if self.rt.sharded:  # loaded whole on the CPU from stage 2's result, then sharded onto the devices
+            if not self.done("2"):
+                raise ValueError("no trained hybrid yet: run stage 2 first")
+            self.hybrid = None
+            self._drop_sharded_teacher()
+            model = self._load_model("2", device="cpu")
+        else:
+            model = self.current_hybrid()
         if self.cfg.gradient_checkpointing:
             _set_checkpointing(model, True)
+        if self.rt.sharded:
+            self.rt.shard(model, model.model.layers)
         spec = self.cfg.stage3
         summary = run_stage(
             "3 (long fine-tune)", spec, model,
@@ -323,6 +426,9 @@ class _Run:
         self.rt.barrier()
         self._mark_done("3", _stage_info(summary, spec))
         clear_checkpoint(self.out / "stage3")
+        if self.rt.sharded:
+            del model
+            _free_memory()
 
     def train_length(self) -> int:
         return self.cfg.stage3.seq_len if "3" in self.cfg.stages or self.done("3") else self.cfg.stage2.seq_len
@@ -359,6 +465,9 @@ class _Run:
 
     def finish(self) -> dict | None:
         if self.hybrid is None and not (self.done("2") or self.done("3")):
+            return None
+        if self.rt.sharded and not self.rt.is_main and self.hybrid is None:
+            self.rt.barrier()  # rank 0 alone loads the final hybrid, saves it and writes the report
             return None
         # The final hybrid is stored in the teacher's checkpoint dtype (bf16 for most), and evaluated as stored.
         model = self.current_hybrid().eval().to(self.teacher_save_dtype)
@@ -418,6 +527,32 @@ class _Run:
         }
 
 
+def _save_sharded(model, target: Path, max_shard_size: str, rt: Runtime) -> None:
+    """Gather an FSDP2-sharded hybrid's full state to rank 0 (a collective) and write it there as an ordinary HF
+    directory, through a plain twin of the model built on the meta device (no second copy of the weights)."""
+    from ..models import HybridForCausalLM
+    from ..train.fsdp import full_state
+
+    state, _ = full_state(model)
+    if not rt.is_main:
+        return
+    with torch.device("meta"):
+        plain = HybridForCausalLM(model.config)
+    missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"gathered state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if model.config.tie_word_embeddings:
+        plain.tie_weights()
+    plain.save_pretrained(target, max_shard_size=max_shard_size)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _set_checkpointing(model, on: bool) -> None:
     # transformers >= 5.2x renamed gradient_checkpointing_* to activation_checkpointing_*; 5.17 has only the old name.
     name = "activation_checkpointing" if hasattr(model, "activation_checkpointing_enable") else "gradient_checkpointing"
@@ -427,6 +562,9 @@ def _set_checkpointing(model, on: bool) -> None:
 def _stage_info(summary: dict, spec) -> dict:
     return {"tokens": summary["tokens"], "steps": summary["steps"], "seconds": summary["seconds"],
             "tokens_per_s": summary.get("tokens_per_s"), "peak_mem_gib": summary.get("peak_mem_gib"),
+            "steady_tokens_per_s": summary.get("steady_tokens_per_s"),
+            "peak_mem_gib_per_rank": summary.get("peak_mem_gib_per_rank"), "parallel": summary.get("parallel"),
+            "world_size": summary.get("world_size"),
             "seq_len": spec.seq_len, "final_loss": summary["history"][-1]["loss"] if summary["history"] else None,
             "history": [[h["step"], h["loss"]] for h in summary["history"]]}  # fmt: skip
 

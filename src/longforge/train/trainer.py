@@ -253,11 +253,9 @@ class Trainer:
             self.model.gradient_checkpointing_enable()
         self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         if self.dist.world_size > 1:
-            from torch.distributed.fsdp import fully_shard
+            from .fsdp import shard_model
 
-            for layer in decoder_layers(self.model):
-                fully_shard(layer)
-            fully_shard(self.model)
+            shard_model(self.model, decoder_layers(self.model))
         self.optimizer = build_optimizer(self.model, cfg)
         self.moe_controller = controller_for(self.model)
         self.stream = build_stream(cfg, self.tokenizer, self.dist.rank)
@@ -365,16 +363,9 @@ class Trainer:
     def _full_state(self):
         if self.dist.world_size == 1:
             return self.model.state_dict(), self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
+        from .fsdp import full_state
 
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(self.model, options=opts), get_optimizer_state_dict(
-            self.model, self.optimizer, options=opts
-        )
+        return full_state(self.model, self.optimizer)
 
     def save_checkpoint(self, final: bool = False) -> Path:
         """Atomically write out_dir/checkpoints/step_N: model (safetensors shards), optimizer, stream and RNG
@@ -441,15 +432,9 @@ class Trainer:
                 )
             self.optimizer.load_state_dict(state["optimizer"])
         else:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                set_model_state_dict,
-                set_optimizer_state_dict,
-            )
+            from .fsdp import load_full_state
 
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            set_model_state_dict(self.model, model_state, options=opts)
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
+            load_full_state(self.model, model_state, self.optimizer, state["optimizer"])
         rank_state = state["ranks"].get(0) if self.dist.rank == 0 else None
         if self.dist.world_size > 1 and self.dist.rank != 0:
             rank_state = torch.load(
