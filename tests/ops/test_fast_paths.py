@@ -432,3 +432,193 @@ def test_sparse_fast_falls_back_explicitly_on_cpu(monkeypatch):
         out = fast_sparse_attention(q.detach(), k.detach(), v.detach(), **cfg)
     torch.testing.assert_close(out, naive_sparse_attention(q.detach(), k.detach(), v.detach(), **cfg))
     assert math.isfinite(out.abs().sum().item())
+
+
+# ---------------------------------------------------------------- sparse attention: tile kernel, fused top-k
+
+_TILE_INTERPRET_SCRIPT = r"""
+import os
+import torch
+from longforge.ops.sparse_attention.fast import fast_sparse_attention, select_block_indices, sparse_attend
+from longforge.ops.sparse_attention.naive import compress_keys, naive_sparse_attention, selected_blocks
+from longforge.ops.sparse_attention.triton_tile import sparse_fwd_tile, tile_unions
+from longforge.ops.sparse_attention.triton_topk import select_topk
+
+def rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+g = torch.Generator().manual_seed(3)
+cfg = dict(block_size=16, kernel_size=8, kernel_stride=4, topk=3, init_blocks=1, window_size=24)
+os.environ["LONGFORGE_SPARSE_SCORES"] = "torch"
+# 1. tile forward == reference: Tq not a multiple of the tile or the block, Tq < Tk, GQA 2 / 3 (padded heads) / 4,
+#    Dv != D, a 32-token tile (the token mask's sign bit), explicit and default tile sizes
+for Tq, Tk, H, Hkv, D, Dv, block_t in ((37, 150, 4, 2, 16, 32, None), (40, 101, 6, 2, 16, 16, 32),
+                                       (19, 19, 8, 2, 32, 16, 4)):
+    q, k, v = (torch.randn(*s, generator=g) for s in ((1, Tq, H, D), (1, Tk, Hkv, D), (1, Tk, Hkv, Dv)))
+    idx, cnt = select_block_indices(q, compress_keys(k, 8, 4), num_keys=Tk, **cfg)
+    ref = naive_sparse_attention(q, k, v, dense_len=0, **cfg)
+    if block_t is None:
+        out = sparse_attend(q, k, v, idx, cnt, D**-0.5, 16, kernel="tile")
+    else:
+        out, lse = sparse_fwd_tile(q, k, v, *tile_unions(idx, cnt, block_t), D**-0.5, 16, block_t)
+        assert torch.isfinite(lse).all()
+    assert rel(out, ref) < 1e-5, (Tq, rel(out, ref))
+# 2. the whole fast path with the tile kernel: dense/sparse switch inside what would be the first tile,
+#    fp16 (bf16 has no interpreter dot), forward + backward (through the per-token backward) vs the reference
+os.environ["LONGFORGE_SPARSE_KERNEL"] = "tile"
+for dtype, tol, shapes, dense_len in ((torch.float32, 1e-5, ((1, 7, 4, 16), (1, 70, 2, 16), (1, 70, 2, 16)), 66),
+                                      (torch.float16, 5e-3, ((1, 23, 4, 16), (1, 90, 2, 16), (1, 90, 2, 16)), 75)):
+    q, k, v = (torch.randn(*s, generator=g).to(dtype).requires_grad_() for s in shapes)
+    w = torch.randn(shapes[0], generator=g).to(dtype)
+    res = []
+    for fn in (fast_sparse_attention, naive_sparse_attention):
+        o = fn(q, k, v, dense_len=dense_len, **cfg)
+        grads = torch.autograd.grad((o.float() * w.float()).sum(), (q, k, v)) if dtype == torch.float32 else ()
+        res.append([o.detach()] + list(grads))
+    for a, b in zip(*res):
+        assert rel(a, b) < tol, (dtype, rel(a, b))
+# 3. the fused top-k: exact ties (lower block first), init 2, no local window, too few candidates
+for NB, C, pos0, bs, n_local, init, topk in ((20, 3, 1000, 64, 2, 2, 5), (37, 3, 2300, 64, 0, 0, 64)):
+    sc, edge = (torch.randint(0, 4, (1, 2, C, NB), generator=g).float() / 4 for _ in range(2))
+    comb = sc.clone()
+    comb[..., 1:] = torch.maximum(comb[..., 1:], edge[..., :-1])
+    pos = torch.arange(pos0, pos0 + C)
+    blk = torch.arange(NB)
+    b_t = (pos // bs)[:, None]
+    past = blk <= b_t
+    forced = past & ((blk < init) | (blk > b_t - n_local))
+    cand = past & ~forced
+    order = torch.sort(comb.masked_fill(~cand, float("-inf")), dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(-1, order, blk.expand_as(order))
+    ref = forced | (cand & (rank < topk))
+    idx, cnt = select_topk(sc, pos0, block_size=bs, n_local=n_local, init_blocks=init, topk=topk,
+                           width=min(NB, init + n_local + topk), edge=edge)
+    mask = torch.zeros(1, 2, C, NB + 1, dtype=torch.bool).scatter_(-1, torch.where(idx >= 0, idx, NB).long(), True)
+    assert torch.equal(mask[..., :-1], ref) and torch.equal(cnt, ref.sum(-1).int())
+    ids = torch.where(idx >= 0, idx, NB)
+    assert torch.equal(ids, ids.sort(-1).values)
+# 4. Triton block scores (fp32 dots here) + fused top-k == the reference's selection
+os.environ["LONGFORGE_SPARSE_SCORES"] = "triton-bf16"
+q, k = torch.randn(1, 6, 4, 16, generator=g), torch.randn(1, 120, 2, 16, generator=g)
+idx, cnt = select_block_indices(q, compress_keys(k, 8, 4), num_keys=120, **cfg)
+ref = selected_blocks(q, k, dense_len=0, **cfg)
+mask = torch.zeros(ref.shape[:-1] + (ref.shape[-1] + 1,), dtype=torch.bool)
+mask.scatter_(-1, torch.where(idx >= 0, idx, ref.shape[-1]).long(), True)
+assert torch.equal(mask[..., :-1], ref) and torch.equal(cnt, ref.sum(-1).int())
+print("interpreted tile kernel ok")
+"""
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_sparse_tile_kernel_and_fused_topk_interpreted_on_cpu():
+    """The multi-token tile forward kernel and the fused top-k selection kernel under TRITON_INTERPRET=1 against
+    the reference (fresh process: the flag is read when triton is imported)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1", LONGFORGE_SPARSE_TRITON_INTERPRET="1")
+    env.pop("LONGFORGE_SPARSE_KERNEL", None)
+    env.pop("LONGFORGE_SPARSE_TOPK", None)
+    done = subprocess.run([sys.executable, "-c", _TILE_INTERPRET_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "interpreted tile kernel ok" in done.stdout
+
+
+def test_sparse_kernel_choice_rejects_bad_values(monkeypatch):
+    from longforge.ops.sparse_attention import fast as fast_mod
+
+    monkeypatch.setenv("LONGFORGE_SPARSE_KERNEL", "fastest")
+    with pytest.raises(ValueError, match="LONGFORGE_SPARSE_KERNEL"):
+        fast_mod._kernel_choice()
+    monkeypatch.setenv("LONGFORGE_SPARSE_TOPK", "heap")
+    with pytest.raises(ValueError, match="LONGFORGE_SPARSE_TOPK"):
+        fast_mod._use_triton_topk(torch.zeros(1, 1, 1, 1), 4, True)
+    if HAS_TRITON:
+        from longforge.ops.sparse_attention.triton_tile import tile_unions
+
+        with pytest.raises(ValueError, match="block_t"):
+            tile_unions(torch.zeros(1, 1, 4, 2, dtype=torch.int32), torch.zeros(1, 1, 4, dtype=torch.int32), 33)
+
+
+def test_sparse_tile_unions_on_cpu():
+    """The union lists and token masks, against a direct set computation (plain PyTorch, no kernel)."""
+    pytest.importorskip("triton")
+    from longforge.ops.sparse_attention.triton_tile import tile_unions
+
+    gen = torch.Generator().manual_seed(0)
+    B, Hkv, Tq, S, NB = 2, 2, 45, 6, 30
+    idx = torch.full((B, Hkv, Tq, S), -1, dtype=torch.int32)
+    cnt = torch.randint(0, S + 1, (B, Hkv, Tq), generator=gen, dtype=torch.int32)
+    for b, h, t in torch.cartesian_prod(torch.arange(B), torch.arange(Hkv), torch.arange(Tq)).tolist():
+        n = int(cnt[b, h, t])
+        idx[b, h, t, :n] = torch.randperm(NB, generator=gen)[:n].sort().values.int()
+    for block_t in (1, 7, 32):
+        uidx, ubits, ucnt = tile_unions(idx, cnt, block_t)
+        for b, h, tile in ((0, 0, 0), (1, 1, (Tq - 1) // block_t), (1, 0, 1 if Tq > block_t else 0)):
+            toks = range(tile * block_t, min(Tq, (tile + 1) * block_t))
+            want = sorted({int(x) for t in toks for x in idx[b, h, t, : int(cnt[b, h, t])]})
+            n = int(ucnt[b, h, tile])
+            assert uidx[b, h, tile, :n].tolist() == want
+            for j, blk in enumerate(want):
+                bits = int(ubits[b, h, tile, j]) & 0xFFFFFFFF
+                sel = {i for i, t in enumerate(toks) if blk in idx[b, h, t, : int(cnt[b, h, t])].tolist()}
+                assert {i for i in range(32) if bits >> i & 1} == sel
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("case", SPARSE_CASES[:2] + [(1, 130, 260, 12, 4, 64, 40)])
+def test_sparse_tile_kernel_matches_reference_gpu(case, dtype, monkeypatch):
+    """The multi-token tile forward (forced) through the whole fast path, forward and backward, vs the reference:
+    a dense/sparse switch inside a tile, Tq < Tk, GQA 2 / 3 / 4, T not a multiple of the tile or the block."""
+    monkeypatch.delenv("LONGFORGE_BACKEND_SPARSE_ATTENTION", raising=False)
+    monkeypatch.setenv("LONGFORGE_SPARSE_KERNEL", "tile")
+    leaves, cfg = _sparse_case(case, dtype, "cuda")
+    fast = _fwd_bwd(sparse_attention, leaves, **cfg)
+    ref = _fwd_bwd(naive_sparse_attention, leaves, **cfg)
+    _compare(*fast, *ref, _tol(dtype))
+
+
+@gpu
+@pytest.mark.parametrize("block_t", [None, 4, 16])
+def test_sparse_tile_equals_token_kernel_sala_shape_gpu(block_t):
+    """SALA's shape (16 heads per kv head x 128, 64-token blocks, bf16): the tile kernel's o and lse equal the
+    per-token kernel's over the same (bf16-scored) selection, on random and on slowly varying queries."""
+    from longforge.ops.sparse_attention.triton_kernel import sparse_fwd
+    from longforge.ops.sparse_attention.triton_tile import default_block_t, sparse_fwd_tile, tile_unions
+
+    cfg = dict(block_size=64, kernel_size=32, kernel_stride=16, topk=16, init_blocks=1, window_size=512)
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(*s, generator=gen) for s in ((1, 1000, 32, 128), (1, 5000, 2, 128), (1, 5000, 2, 128)))
+    smooth = torch.cumsum(q, dim=1) / torch.arange(1, 1001).sqrt()[None, :, None, None]  # correlated queries
+    for qq in (q, smooth):
+        qq, k_, v_ = (x.to("cuda", torch.bfloat16).contiguous() for x in (qq, k, v))
+        idx, cnt = select_block_indices(qq, compress_keys(k_, 32, 16), num_keys=5000, **cfg)
+        bt = block_t or default_block_t(16, torch.bfloat16)
+        o1, l1 = sparse_fwd(qq, k_, v_, idx, cnt, 128**-0.5, 64)
+        o2, l2 = sparse_fwd_tile(qq, k_, v_, *tile_unions(idx, cnt, bt), 128**-0.5, 64, bt)
+        assert _rel_err(o2, o1) < 1e-2
+        assert (l1 - l2).abs().max().item() < 1e-3
+
+
+@gpu
+@pytest.mark.parametrize("scores", ["triton-bf16", "triton", "torch"])
+def test_sparse_fused_topk_equals_torch_topk_gpu(scores, monkeypatch):
+    """The fused Triton top-k gives exactly the PyTorch top-k's id lists from the same scorer (ties included)."""
+    monkeypatch.setenv("LONGFORGE_SPARSE_SCORES", scores)
+    cfg = dict(block_size=64, kernel_size=32, kernel_stride=16, topk=8, init_blocks=1, window_size=256)
+    gen = torch.Generator().manual_seed(5)
+    q, k = (x.to("cuda", torch.bfloat16) for x in (torch.randn(1, 700, 16, 128, generator=gen),
+                                                   torch.randn(1, 4000, 2, 128, generator=gen)))
+    kc = compress_keys(k, 32, 16)
+    res = []
+    for topk_impl in ("torch", "triton"):
+        monkeypatch.setenv("LONGFORGE_SPARSE_TOPK", topk_impl)
+        res.append(select_block_indices(q, kc, num_keys=4000, **cfg))
+    (i1, c1), (i2, c2) = res
+    assert torch.equal(c1, c2)
+    w = min(i1.shape[-1], i2.shape[-1])
+    assert torch.equal(i1[..., :w], i2[..., :w])
+    assert (i1[..., w:] == -1).all() and (i2[..., w:] == -1).all()

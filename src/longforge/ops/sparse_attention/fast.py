@@ -11,9 +11,12 @@
    (``LONGFORGE_SPARSE_SCORES=auto|torch|triton``; ``triton-lowp`` opts into 16-bit dots, see
    ``triton_select.py``) -- then init + local blocks
    plus the ``topk`` best remaining ones. Top-k uses an exact int64 key (score bits, then the reversed block id),
-   so ties go to the lower block exactly like the reference's stable sort. Output: ``idx [B, Hkv, Tq, S]`` int32
-   (valid ids first, ascending) and ``cnt [B, Hkv, Tq]``.
-3. ``triton_kernel.triton_sparse_attention`` attends each token over its own blocks (forward and backward).
+   so ties go to the lower block exactly like the reference's stable sort -- or, after a Triton scorer
+   (``LONGFORGE_SPARSE_TOPK=auto|torch|triton``), ``triton_topk.select_topk``: the same rule in one kernel per row.
+   Output: ``idx [B, Hkv, Tq, S]`` int32 (valid ids first, ascending) and ``cnt [B, Hkv, Tq]``.
+3. ``sparse_attend`` (``LONGFORGE_SPARSE_KERNEL=auto|tile|token``): ``triton_kernel.triton_sparse_attention`` attends
+   each token over its own blocks (forward and backward); ``triton_tile`` runs the forward by tiles of consecutive
+   tokens over the union of their blocks (``auto`` when that union is small, see ``TILE_MAX_UNION_RATIO``).
 
 Explicit fallbacks to ``naive_sparse_attention`` (same result), with a one-time warning naming the reason:
 tensors not on CUDA (unless ``LONGFORGE_SPARSE_TRITON_INTERPRET=1`` and ``TRITON_INTERPRET=1``, used by the CPU
@@ -60,11 +63,13 @@ def selection_chunk_size(batch: int, num_heads: int, width: int) -> int:
 
 
 def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kernel_stride, topk, init_blocks,
-                          window_size, scale, use_triton=False, check_candidates=True):
-    """One chunk: q ``[B, C, H, D]``, kc ``[B, Nc, Hkv, D]`` fp32, pos ``[C]`` -> idx ``[B, Hkv, C, S]`` (-1 = none)."""
+                          window_size, scale, use_triton=False, check_candidates=True, fused_topk=False):
+    """One chunk: q ``[B, C, H, D]``, kc ``[B, Nc, Hkv, D]`` fp32, pos ``[C]`` -> idx ``[B, Hkv, C, S]`` (-1 = none).
+
+    ``fused_topk``: step 5 in ``triton_topk.select_topk`` instead; returns ``(idx, cnt)`` with idx already
+    ascending (valid ids first) and ``S = min(NB, init + n_local + topk)``."""
     B, C, H, D = q.shape
-    Nc, Hkv = kc.shape[1], kc.shape[2]
-    G = H // Hkv
+    Hkv = kc.shape[2]
     dev = q.device
     blk = torch.arange(num_blocks, device=dev)
     b_t = (pos // block_size)[:, None]  # [C, 1]
@@ -85,16 +90,47 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
     forced_ids = torch.cat(parts, dim=-1) if parts else torch.empty(C, 0, dtype=torch.long, device=dev)
     forced_ids = forced_ids[None, None].expand(B, Hkv, C, forced_ids.shape[-1])
     k_eff = min(topk, num_blocks)
+    no_topk = k_eff == 0 or (check_candidates and not bool(candidate.any()))
+    if fused_topk:
+        from .triton_topk import select_topk
+
+        edge = None
+        if no_topk:
+            scores = torch.zeros(B, Hkv, C, num_blocks, device=dev)
+        else:
+            scores, edge = _chunk_scores(q, kc, pos, num_blocks, block_size, kernel_size, kernel_stride, scale,
+                                         use_triton, raw=True)
+        width = max(1, min(num_blocks, n_init + n_loc + k_eff))
+        return select_topk(scores, int(pos[0]), block_size=block_size, n_local=n_local, init_blocks=init_blocks,
+                           topk=k_eff, width=width, edge=edge)
     # (With no candidate at all the top-k below yields only -1 ids, so skipping this device sync is always exact.)
-    if k_eff == 0 or (check_candidates and not bool(candidate.any())):
+    if no_topk:
         return forced_ids
+    scores, _ = _chunk_scores(q, kc, pos, num_blocks, block_size, kernel_size, kernel_stride, scale, use_triton)
+    # Exact top-k with the reference's tie rule: for non-negative floats the int32 bit pattern is monotonic, so
+    # (bits << 32) | (NB - 1 - block) orders by score, then by lower block.
+    key = (scores.view(torch.int32).long() << 32) | (num_blocks - 1 - blk)
+    key = key.masked_fill(~candidate[None, None], -1)
+    top = key.topk(k_eff, dim=-1, sorted=False).values
+    top_ids = torch.where(top >= 0, num_blocks - 1 - (top & 0xFFFFFFFF), -1)
+    return torch.cat([forced_ids, top_ids], dim=-1)
+
+
+def _chunk_scores(q, kc, pos, num_blocks, block_size, kernel_size, kernel_stride, scale, use_triton, raw=False):
+    """Block scores ``[B, Hkv, C, NB]`` (>= +0.0) of one chunk by the chosen scorer, and ``None``; with ``raw`` and
+    the bf16 block scorer, its two outputs ``(gmax, edge)`` uncombined (``triton_topk`` combines them)."""
+    B, C, H, D = q.shape
+    Nc, Hkv = kc.shape[1], kc.shape[2]
+    G = H // Hkv
+    dev = q.device
     # Compressed-key scores, exactly the reference's formula (select_blocks / _select_chunk).
     if use_triton == "blockscore":  # bf16 tensor-core scorer, block scores straight from the kernel
         try:
             from .triton_blockscore import block_scores_lowp
 
-            scores = block_scores_lowp(q, kc, int(pos[0]), num_blocks, block_size=block_size,
-                                       kernel_size=kernel_size, kernel_stride=kernel_stride, scale=scale) + 0.0
+            out = block_scores_lowp(q, kc, int(pos[0]), num_blocks, block_size=block_size,
+                                    kernel_size=kernel_size, kernel_stride=kernel_stride, scale=scale, raw=raw)
+            return out if raw else (out + 0.0, None)
         except Exception as err:  # noqa: BLE001 - a compile/launch failure: the 16-bit group-probability scorer
             _blockscore_failed.append(f"{type(err).__name__}: {err}")
             _warn_once(f"sparse_attention: the bf16 block scorer failed ({_blockscore_failed[0][:300]}); "
@@ -115,13 +151,7 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
             del logits
         scores = _block_scores(shared, num_blocks, block_size, kernel_stride) + 0.0  # [B, Hkv, C, NB], >= +0.0
         del shared
-    # Exact top-k with the reference's tie rule: for non-negative floats the int32 bit pattern is monotonic, so
-    # (bits << 32) | (NB - 1 - block) orders by score, then by lower block.
-    key = (scores.view(torch.int32).long() << 32) | (num_blocks - 1 - blk)
-    key = key.masked_fill(~candidate[None, None], -1)
-    top = key.topk(k_eff, dim=-1, sorted=False).values
-    top_ids = torch.where(top >= 0, num_blocks - 1 - (top & 0xFFFFFFFF), -1)
-    return torch.cat([forced_ids, top_ids], dim=-1)
+    return scores.contiguous(), None
 
 
 # Above this many score elements (B * H * Tq * Nc) the "auto" scorer is the Triton one (torch's fp32 logits
@@ -172,6 +202,35 @@ def _use_triton_scores(q: Tensor, elements: int, block_size: int = 64, kernel_st
     return choice == "triton" or large
 
 
+TOPK_ENV = "LONGFORGE_SPARSE_TOPK"
+TOPK_CHOICES = ("auto", "torch", "triton")
+
+
+def _use_triton_topk(q: Tensor, num_blocks: int, use_triton) -> bool:
+    """Step 5 (forced blocks + top-k -> ascending id lists) in ``triton_topk`` or in PyTorch:
+    ``LONGFORGE_SPARSE_TOPK=auto|torch|triton``. ``auto``: the Triton kernel whenever the scores come from a Triton
+    scorer (long inputs on CUDA); both are exact, ties included."""
+    choice = os.environ.get(TOPK_ENV, "auto").strip().lower() or "auto"
+    if choice not in TOPK_CHOICES:
+        raise ValueError(f"{TOPK_ENV}={choice!r}; allowed values: {', '.join(TOPK_CHOICES)}")
+    runnable = q.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    if choice == "torch" or (choice == "auto" and not (use_triton and runnable)):
+        return False
+    if not runnable:
+        raise ValueError(f"{TOPK_ENV}=triton needs CUDA tensors (or TRITON_INTERPRET=1)")
+    try:
+        from .triton_topk import MAX_BLOCKS
+    except ImportError:
+        if choice == "auto":
+            return False
+        raise ValueError(f"{TOPK_ENV}=triton but triton is not installed") from None
+    if num_blocks > MAX_BLOCKS:
+        if choice == "auto":
+            return False
+        raise ValueError(f"{TOPK_ENV}=triton supports at most {MAX_BLOCKS} blocks per row, got {num_blocks}")
+    return True
+
+
 def select_block_indices(
     q: Tensor,
     kc: Tensor,
@@ -211,13 +270,16 @@ def select_block_indices(
     else:
         step = selection_chunk_size(B, Hkv if use_triton else H, max(kc.shape[1], num_blocks, 1))
         kcf = kc.detach().float()
+    fused = _use_triton_topk(q, num_blocks, use_triton)
     outs = []
     with torch.no_grad():
         for start in range(0, Tq, step):
             qc = q[:, start : start + step].detach()
             pos = torch.arange(start, start + qc.shape[1], device=q.device) + (num_keys - Tq)
             outs.append(_select_chunk_indices(qc, kcf, pos, num_blocks, block_size, kernel_size, kernel_stride,
-                                              topk, init_blocks, window_size, scale, use_triton))
+                                              topk, init_blocks, window_size, scale, use_triton, fused_topk=fused))
+        if outs and fused:  # ids already ascending, -1 padded, one width for every chunk
+            return torch.cat([o[0] for o in outs], dim=2).contiguous(), torch.cat([o[1] for o in outs], dim=2)
         if not outs:
             return (torch.zeros(B, Hkv, 0, 1, dtype=torch.int32, device=q.device),
                     torch.zeros(B, Hkv, 0, dtype=torch.int32, device=q.device))
@@ -278,6 +340,58 @@ def _fallback_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     return None
 
 
+KERNEL_ENV = "LONGFORGE_SPARSE_KERNEL"
+KERNEL_CHOICES = ("auto", "tile", "token")
+# "auto" takes the tile kernel when its union of blocks is small against the tokens' own lists: it visits
+# sum |U| blocks with BLOCK_T * G rows where the per-token kernel visits sum cnt blocks with G rows. A first
+# estimate (the per-token kernel is L2-bandwidth-bound at ~4.5 ns per 64-key block visit; a 128-row tile visit
+# is ~2.3x that on the tensor cores) puts the break-even near 0.43; scripts/gpu/sparsekernel.sh measures both.
+TILE_MAX_UNION_RATIO = 0.4
+_TILE_SAMPLE = 256  # tiles sampled to estimate the union ratio before building every tile's union
+
+
+def _kernel_choice() -> str:
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"{KERNEL_ENV}={choice!r}; allowed values: {', '.join(KERNEL_CHOICES)}")
+    return choice
+
+
+def union_ratio(idx: Tensor, cnt: Tensor, block_t: int, sample: int | None = None) -> float:
+    """``sum |U| / sum cnt`` over the ``block_t``-token tiles (``sample``: that many evenly spaced full tiles)."""
+    from .triton_tile import tile_unions
+
+    Tq = idx.shape[2]
+    n_full = Tq // block_t
+    if sample is not None and n_full > sample:
+        tiles = torch.linspace(0, n_full - 1, sample, device=idx.device).long()
+        tok = (tiles[:, None] * block_t + torch.arange(block_t, device=idx.device)).flatten()
+        idx, cnt = idx[:, :, tok], cnt[:, :, tok]
+    ucnt = tile_unions(idx, cnt, block_t)[2]
+    union, total = torch.stack([ucnt.sum(dtype=torch.int64), cnt.sum(dtype=torch.int64)]).tolist()
+    return union / max(1, total)
+
+
+def sparse_attend(qs: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, scale: float, block_size: int,
+                  kernel: str | None = None) -> Tensor:
+    """Step 6: each sparse query over its selected blocks, by the per-token or the multi-token tile kernel
+    (``LONGFORGE_SPARSE_KERNEL=auto|tile|token``, or ``kernel``). Both give the reference's result; backward is
+    the per-token kernel's either way. ``auto`` picks the tile kernel when ``union_ratio`` (on a sample of tiles)
+    is at most ``TILE_MAX_UNION_RATIO``."""
+    choice = kernel or _kernel_choice()
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"kernel={choice!r}; allowed values: {', '.join(KERNEL_CHOICES)}")
+    if choice != "token":
+        from .triton_tile import default_block_t, triton_sparse_attention_tile
+
+        block_t = default_block_t(qs.shape[2] // k.shape[2], qs.dtype, max(qs.shape[-1], v.shape[-1]))
+        if choice == "tile" or union_ratio(idx, cnt, block_t, sample=_TILE_SAMPLE) <= TILE_MAX_UNION_RATIO:
+            return triton_sparse_attention_tile(qs, k, v, idx, cnt, scale, block_size, block_t)
+    from .triton_kernel import triton_sparse_attention
+
+    return triton_sparse_attention(qs, k, v, idx, cnt, scale, block_size)
+
+
 def fast_sparse_attention(
     q: Tensor,
     k: Tensor,
@@ -322,17 +436,16 @@ def fast_sparse_attention(
                                   kernel_stride=kernel_stride, topk=topk, init_blocks=init_blocks,
                                   window_size=window_size, scale=scale))
     elif n_dense < Tq:
-        from .triton_kernel import triton_sparse_attention
-
         qs = q[:, n_dense:]
         kc = compress_keys(k.detach(), kernel_size, kernel_stride) if compressed_k is None else compressed_k
         idx, cnt = select_block_indices(qs, kc, num_keys=Tk, block_size=block_size, kernel_size=kernel_size,
                                         kernel_stride=kernel_stride, topk=topk, init_blocks=init_blocks,
                                         window_size=window_size, scale=scale)
-        outs.append(triton_sparse_attention(qs, k, v, idx, cnt, scale, block_size))
+        outs.append(sparse_attend(qs, k, v, idx, cnt, scale, block_size))
     if not outs:
         return q.new_zeros(B, 0, H, v.shape[-1])
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
-__all__ = ["fast_sparse_attention", "select_block_indices", "selection_chunk_size", "sparse_decode"]
+__all__ = ["fast_sparse_attention", "select_block_indices", "selection_chunk_size", "sparse_attend", "sparse_decode",
+           "union_ratio"]

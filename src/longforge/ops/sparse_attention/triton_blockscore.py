@@ -132,9 +132,16 @@ def supported(block_size: int, kernel_stride: int, head_dim: int) -> bool:
 
 
 def block_scores_lowp(q: Tensor, kc: Tensor, pos0: int, num_blocks: int, *, block_size: int, kernel_size: int,
-                      kernel_stride: int, scale: float) -> Tensor:
+                      kernel_stride: int, scale: float, raw: bool = False, rows: int = 128,
+                      block_c: int | None = None, num_warps: int | None = None,
+                      num_stages: int = 2) -> Tensor | tuple[Tensor, Tensor]:
     """Block scores ``[B, Hkv, C, NB]`` fp32 (``_block_scores`` of the group-summed probabilities) for queries
-    ``q [B, C, H, D]`` at positions ``pos0 ..``; dots in q's 16-bit dtype (fp32 q: bf16)."""
+    ``q [B, C, H, D]`` at positions ``pos0 ..``; dots in q's 16-bit dtype (fp32 q: bf16).
+
+    ``raw=True`` returns the kernel's two outputs ``(gmax, edge)`` instead, both ``[B, Hkv, C, NB]``: the block
+    score is ``max(gmax[m], edge[m - 1])`` (``triton_topk.select_topk`` combines them in registers).
+    ``rows`` (tokens x heads per program), ``block_c`` (compressed keys per tile, a multiple of the pooling ratio),
+    ``num_warps`` and ``num_stages`` are launch settings (benchmarks sweep them; the result does not change)."""
     B, C, H, D = q.shape
     Nc, Hkv = kc.shape[1], kc.shape[2]
     G = H // Hkv
@@ -146,12 +153,14 @@ def block_scores_lowp(q: Tensor, kc: Tensor, pos0: int, num_blocks: int, *, bloc
     q = q.to(lowp).contiguous()
     kc = kc.to(lowp).contiguous()
     BLOCK_G = max(1, triton.next_power_of_2(G))
-    BLOCK_M = max(1, 128 // BLOCK_G)  # 128 rows (tokens x heads) per program
-    BLOCK_C = max(64, ratio)
+    BLOCK_M = max(1, rows // BLOCK_G)  # 128 rows (tokens x heads) per program by default
+    BLOCK_C = max(block_c or 64, ratio)
+    if BLOCK_C % ratio or BLOCK_C & (BLOCK_C - 1):
+        raise ValueError(f"block_c must be a power of two and a multiple of block_size / kernel_stride, got {BLOCK_C}")
     BLOCK_D = max(16, triton.next_power_of_2(D))
     meta = dict(KSIZE=kernel_size, KSTRIDE=kernel_stride, BLOCK_M=BLOCK_M, BLOCK_G=BLOCK_G, BLOCK_C=BLOCK_C,
                 BLOCK_D=BLOCK_D, FULL_LOOP=triton.cdiv(Nc, BLOCK_C) * BLOCK_C if interpret else 0)
-    warps = 8 if BLOCK_M * BLOCK_G >= 128 else 4
+    warps = num_warps or (8 if BLOCK_M * BLOCK_G >= 128 else 4)
     strides = (q.stride(0), q.stride(1), q.stride(2), kc.stride(0), kc.stride(1), kc.stride(2))
     qk_scale = float(scale) * _LOG2E
     grid = (triton.cdiv(C, BLOCK_M), B * Hkv)
@@ -159,11 +168,14 @@ def block_scores_lowp(q: Tensor, kc: Tensor, pos0: int, num_blocks: int, *, bloc
     gmax = torch.zeros(B * Hkv, C, num_blocks, dtype=torch.float32, device=q.device)
     edge = torch.zeros_like(gmax)
     if C == 0 or Nc == 0:
-        return gmax.view(B, Hkv, C, num_blocks)
-    _lse_kernel[grid](q, kc, lse, qk_scale, pos0, *strides, C, Nc, Hkv, G, D, num_warps=warps, num_stages=2,
+        gmax = gmax.view(B, Hkv, C, num_blocks)
+        return (gmax, edge.view(B, Hkv, C, num_blocks)) if raw else gmax
+    _lse_kernel[grid](q, kc, lse, qk_scale, pos0, *strides, C, Nc, Hkv, G, D, num_warps=warps, num_stages=num_stages,
                       **meta)
     _blockscore_kernel[grid](q, kc, lse, gmax, edge, qk_scale, pos0, *strides, C, Nc, num_blocks, Hkv, G, D,
-                             RATIO=ratio, num_warps=warps, num_stages=2, **meta)
+                             RATIO=ratio, num_warps=warps, num_stages=num_stages, **meta)
+    if raw:
+        return gmax.view(B, Hkv, C, num_blocks), edge.view(B, Hkv, C, num_blocks)
     # Block m's pooling window is compressed keys [r m - 1, r m + r - 1]: its own stride group plus the last
     # key of the previous group.
     gmax[..., 1:] = torch.maximum(gmax[..., 1:], edge[..., :-1])
