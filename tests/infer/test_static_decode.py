@@ -152,3 +152,30 @@ def test_triton_decode_attention_under_the_interpreter():
     done = subprocess.run([sys.executable, "-c", _INTERPRET_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_static_step_never_reads_a_device_value_on_the_host():
+    """What CUDA-graph capture forbids, checked on CPU: no op of the step copies a tensor value to the host
+    (``.item()``, ``bool(t)``, ``nonzero``, boolean-mask indexing), in both sparse regimes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from longforge.infer.static_decode import static_decode_step
+
+    class NoHostReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            indices = args[1] if name in ("index", "index_put", "index_put_") and len(args) > 1 else ()
+            bool_index = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+            if name in ("_local_scalar_dense", "is_nonzero", "item", "nonzero", "masked_select", "equal") or bool_index:
+                raise AssertionError(f"host read in the static decode step: aten.{name}")
+            return func(*args, **(kwargs or {}))
+
+    model = _model(sparse_dense_len=50)
+    cache = HybridCache(model.config)
+    with torch.inference_mode():
+        model(torch.randint(0, 97, (1, 48)), cache=cache, use_cache=True)
+        state = StaticDecodeState(model, cache, 60)
+        ids = torch.ones(1, 1, dtype=torch.long)
+        for dense in (True, False):
+            with NoHostReads():
+                static_decode_step(model, ids, state, (dense,))

@@ -108,7 +108,7 @@ if _triton is not None:
         bh = tl.program_id(0)
         split = tl.program_id(1)
         nsplit = tl.num_programs(1)
-        b = bh // HKV
+        b = (bh // HKV).to(tl.int64)  # b * stride_kb passes 2^31 for a batch of 1M-token buffers
         h = bh % HKV
         n_keys = tl.minimum(tl.load(POS).to(tl.int32) + 1, limit)
         start = split * split_len
