@@ -26,8 +26,8 @@ timeout 110 python3 -m pytest -q -m gpu -p no:cacheprovider -rf --durations=8 \
 echo "tests rc=$? ($(( $(date +%s) - T0 )) s): $(grep -E '[0-9]+ (passed|failed)' "$LOG" | tail -1)"
 
 echo "== 2. decode tok/s, 4-layer slices, graph vs eager" | tee -a "$LOG"
-L=$(left 290); [ "$L" -gt 170 ] && L=170
-timeout "$L" python3 scripts/gpu/graphdecode_bench.py "$O" --lengths 8192,262144 --tokens 96 \
+L=$(left 280); [ "$L" -gt 160 ] && L=160
+timeout "$L" python3 scripts/gpu/graphdecode_bench.py "$O" --lengths 8192,262144 --tokens 64 \
   --time-budget-s $(( L - 40 )) >> "$LOG" 2>&1
 echo "bench rc=$? ($(( $(date +%s) - T0 )) s)"
 [ -f "$O/decode.md" ] && cat "$O/decode.md"

@@ -76,12 +76,12 @@ except ImportError:  # pragma: no cover - CPU installs
 if _triton is not None:
     @_triton.jit
     def _block(q, K, V, offs_n, end, b, h, m_i, l_i, acc, offs_d, offs_dv, stride_kb, stride_kn, stride_kh,
-               stride_vb, stride_vn, stride_vh, scale, D: tl.constexpr, DV: tl.constexpr):
+               stride_vb, stride_vn, stride_vh, scale, D: tl.constexpr, DV: tl.constexpr, PREC: tl.constexpr):
         """One BLOCK_N slice of keys into the running (max, sum, output) of the online softmax."""
         mask_n = offs_n < end
         k = tl.load(K + b * stride_kb + offs_n[None, :] * stride_kn + h * stride_kh + offs_d[:, None],
                     mask=mask_n[None, :] & (offs_d[:, None] < D), other=0.0)  # [BLOCK_D, BLOCK_N]
-        s = tl.dot(q, k) * scale  # fp32 accumulation
+        s = tl.dot(q, k, input_precision=PREC) * scale  # fp32 accumulation; PREC "ieee" keeps fp32 out of TF32
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: exp(-inf - 0) = 0, not NaN
@@ -90,7 +90,7 @@ if _triton is not None:
         l_i = l_i * alpha + tl.sum(p, 1)
         vblk = tl.load(V + b * stride_vb + offs_n[:, None] * stride_vn + h * stride_vh + offs_dv[None, :],
                        mask=mask_n[:, None] & (offs_dv[None, :] < DV), other=0.0)  # [BLOCK_N, BLOCK_DV]
-        acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype), vblk)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vblk.dtype), vblk, input_precision=PREC)
         return m_new, l_i, acc
 
     # Lengths vary per request: no integer specialisation, so one compiled kernel serves every buffer length.
@@ -103,7 +103,7 @@ if _triton is not None:
         limit, split_len, scale,
         HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
         BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        INTERPRET_ITERS: tl.constexpr,
+        INTERPRET_ITERS: tl.constexpr, PREC: tl.constexpr,
     ):
         bh = tl.program_id(0)
         split = tl.program_id(1)
@@ -127,13 +127,13 @@ if _triton is not None:
             for i in range(0, INTERPRET_ITERS):
                 offs_n = start + i * BLOCK_N + tl.arange(0, BLOCK_N)
                 m_i, l_i, acc = _block(q, K, V, offs_n, end, b, h, m_i, l_i, acc, offs_d, offs_dv, stride_kb,
-                                       stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, scale, D, DV)
+                                       stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, scale, D, DV, PREC)
         else:
             # Compiled: only the filled part of this split is visited (a split past ``pos`` does nothing).
             for n0 in range(start, end, BLOCK_N):
                 offs_n = n0 + tl.arange(0, BLOCK_N)
                 m_i, l_i, acc = _block(q, K, V, offs_n, end, b, h, m_i, l_i, acc, offs_d, offs_dv, stride_kb,
-                                       stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, scale, D, DV)
+                                       stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, scale, D, DV, PREC)
         row = (bh * nsplit + split) * G + offs_g
         tl.store(M_PART + row, m_i, mask=mask_g)
         tl.store(L_PART + row, l_i, mask=mask_g)
@@ -177,6 +177,7 @@ def decode_attention_triton(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, *, lim
         BLOCK_G=max(16, _triton.next_power_of_2(G)), BLOCK_N=block_n,
         BLOCK_D=max(16, _triton.next_power_of_2(D)), BLOCK_DV=max(16, _triton.next_power_of_2(Dv)),
         INTERPRET_ITERS=split_len // block_n if os.environ.get("TRITON_INTERPRET") == "1" else 0,
+        PREC="ieee" if k.dtype == torch.float32 else "tf32",
         num_warps=4, num_stages=2,
     )
     # Merge the splits by their log-sum-exps (an empty split has m = -inf, l = 0 and weighs 0).
