@@ -230,10 +230,16 @@ def select_block_slots(q: Tensor, kc: Tensor, pos: Tensor, *, num_blocks: int, b
     past = blk <= b_t
     forced = past & ((blk < init_blocks) | (blk > b_t - n_local))
     candidate = past & ~forced
-    ranked = scores.masked_fill(~candidate, float("-inf"))
+    # Top-k with the reference's order (score descending, ties to the lower block) made total: one int64 key per
+    # block, the score's fp32 bits (monotonic for scores >= 0) above the reversed block index, -1 for non-candidates.
+    # topk of distinct keys is exact whatever its tie rule, and needs no sort (CUB's stable segmented sort is not
+    # always capturable in a CUDA graph).
+    bits = scores.float().contiguous().view(torch.int32).to(torch.int64)
+    key = (bits << 32) | (num_blocks - 1 - blk)
+    key = key.masked_fill(~candidate, -1)
     n_top = min(topk, num_blocks)
-    order = torch.sort(ranked, dim=-1, descending=True, stable=True).indices[..., :n_top]  # [B, Hkv, n_top]
-    top_valid = torch.gather(ranked, -1, order) > float("-inf")
+    top = torch.topk(key, n_top, dim=-1)
+    order, top_valid = top.indices, top.values >= 0  # [B, Hkv, n_top]
     n_init, n_loc = min(init_blocks, num_blocks), min(n_local, num_blocks)
     init = torch.arange(n_init, device=dev)
     local = b_t - n_loc + 1 + torch.arange(n_loc, device=dev)
