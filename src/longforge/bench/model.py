@@ -228,6 +228,8 @@ def run(
             rec["decode_tokens_per_s"] = None if tps is None else round(tps, 2)
             rec["peak_mem_gib"] = None if result.peak_mem_bytes is None else round(result.peak_mem_bytes / GiB, 3)
             rec["generated_tokens"] = int(result.tokens.shape[1])
+            # how the engine decoded: static step in a CUDA graph (the default on CUDA) or eager, replay-only tok/s
+            rec["decode_path"] = dict(engine.last_decode_info or {})
             del prompt, result
             log(
                 f"{tag}: TTFT {rec['ttft_s']:.3f} s, decode {rec['decode_tokens_per_s']} tok/s, "
