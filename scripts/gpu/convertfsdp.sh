@@ -8,7 +8,8 @@
 #     is left; per stage tokens/s and peak memory on each GPU.
 # Writes $OUT/convertfsdp/{results.json,results.md,results.png,log.txt}. Lightning runs on the reference (chunked
 # PyTorch) op here, so that no Triton autotuning lands inside the timed steps: the ratios, not the absolute tokens/s,
-# are the result. About 7 minutes at most; every step is under `timeout`.
+# are the result. At most ~9 minutes: every step is under `timeout`, and the conversions share a deadline (510 s into
+# the script, CONVERTFSDP_DEADLINE); a run that has no time left is skipped, one cut short reports its finished stages.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=$PWD/src:/tmp/site:${PYTHONPATH:-} LONGFORGE_CACHE=/tmp/lfcache
@@ -36,19 +37,21 @@ ARGS="--teacher $W/q06 --recipe hypenet --keep-layers 3,10,17,24 --stages 1,sele
  stage3.seq_len=4096 stage3.batch_size=1 stage1.warmup_steps=2 stage2.warmup_steps=2 stage3.warmup_steps=0 \
  report.samples=0 report.loss_batches=1 eval_batch_size=4 max_shard_size=2GB"
 TORCHRUN="python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m longforge.cli convert"
+DEADLINE=${CONVERTFSDP_DEADLINE:-510}  # seconds of this script; each run's limit is cut to what is left
 run() {  # name limit override command...
   local name=$1 limit=$2 extra=$3; shift 3
-  local t0=$SECONDS
+  local t0=$SECONDS left=$((DEADLINE - SECONDS))
+  [ $left -lt $limit ] && limit=$left
+  if [ $limit -lt 60 ]; then say "$name skipped (time)"; return; fi
   timeout $limit "$@" --out $W/$name $ARGS $extra > $W/$name.log 2>&1
   local rc=$?
   say "$name rc=$rc in $((SECONDS - t0)) s"; grep -v "Writing model\|Loading weights" $W/$name.log | tail -25 >> $LOG
 }
-run fsdp 150 parallel=fsdp $TORCHRUN
-CUDA_VISIBLE_DEVICES=$FIRST run single 120 device=cuda python3 -m longforge.cli convert
-RUNS="single=$W/single fsdp=$W/fsdp"
-if [ $SECONDS -lt 330 ]; then run replicate 110 parallel=replicate $TORCHRUN; RUNS="$RUNS replicate=$W/replicate"
-else say "replicate skipped (time)"; fi
-timeout 60 python3 scripts/convert_fsdp_compare.py --out $O --teacher "random Qwen3-0.6B shape" $RUNS >> $LOG 2>&1
+run fsdp 180 parallel=fsdp $TORCHRUN
+CUDA_VISIBLE_DEVICES=$FIRST run single 140 device=cuda python3 -m longforge.cli convert
+run replicate 140 parallel=replicate $TORCHRUN
+RUNS="single=$W/single fsdp=$W/fsdp"; [ -d $W/replicate ] && RUNS="$RUNS replicate=$W/replicate"
+timeout 30 python3 scripts/convert_fsdp_compare.py --out $O --teacher "random Qwen3-0.6B shape" $RUNS >> $LOG 2>&1
 say "compare rc=$?"
 [ -f $O/results.md ] && cat $O/results.md
 say "done in $SECONDS s; files: $(ls $O | tr '\n' ' ')"

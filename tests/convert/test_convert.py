@@ -80,6 +80,7 @@ def test_parse_tokens():
         ("stages", ["4"], "subset"),
         ("hybrid", {"layer_types": "LLLL"}, "not overridable"),
         ("data", [], "empty list"),
+        ("parallel", "ddp", "parallel must be one of fsdp, replicate"),
     ],
 )
 def test_config_validation(field, value, match):

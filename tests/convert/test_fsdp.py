@@ -37,10 +37,14 @@ def _torchrun(jobs: list[dict], tmp_path: Path, name: str) -> subprocess.Complet
     ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
         torch.cuda.device_count() < 2, reason="needs two CUDA devices")])],
 )  # fmt: skip
-def test_fsdp_conversion_matches_replicas_and_resumes(teacher_dir, corpus_file, tmp_path, device):
+def test_fsdp_conversion_matches_replicas_and_resumes(teacher_dir, corpus_file, tmp_path, device, monkeypatch):
     """On the CPU through gloo (fp32: the curves agree to float rounding); on two GPUs through NCCL (bf16 autocast and a
     bf16 teacher, as a real conversion runs there: the curves agree to bf16 rounding)."""
     loss_tol, weight_tol, eval_tol = (2e-3, 2e-3, 1e-5) if device == "cpu" else (3e-2, 3e-2, 1e-3)
+    # The tiny teacher's 8-wide heads are below what the Triton / fused kernels take: the reference ops run on a GPU
+    # too (this test is about the sharding, the collectives and the checkpoints, not the kernels).
+    for op in ("LIGHTNING", "ATTENTION"):
+        monkeypatch.setenv(f"LONGFORGE_BACKEND_{op}", "naive")
     from longforge.convert.pipeline import _Run
     from longforge.convert.stages import heldout_loss
     from longforge.models import HybridForCausalLM

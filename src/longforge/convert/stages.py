@@ -247,6 +247,11 @@ def _load_checkpoint(stage_dir: Path, module: nn.Module, optimizer) -> dict | No
         raise ValueError(f"checkpoint {target} is unreadable ({e}); delete it to restart this stage") from e
     for alias, source in state.pop("aliases", {}).items():
         weights[alias] = weights[source]
+    for names in _tied_names(module):  # a gathered state may hold a tied parameter under one of its names only
+        present = [n for n in names if n in weights]
+        for name in names:
+            if present and name not in weights:
+                weights[name] = weights[present[0]]
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected or not isinstance(opt_state, dict) or "param_groups" not in opt_state:
@@ -256,6 +261,14 @@ def _load_checkpoint(stage_dir: Path, module: nn.Module, optimizer) -> dict | No
         )
     load_full_state(module, weights, optimizer, opt_state)
     return state
+
+
+def _tied_names(module: nn.Module) -> list[list[str]]:
+    """Groups of state-dict names that are one parameter (tied embeddings)."""
+    groups: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def _stream_state_for_rank(state: dict, rt: Runtime) -> dict | None:
