@@ -39,20 +39,30 @@ def targets(report: dict, teacher_length: int = 4096) -> list[tuple[str, bool, s
     return rows
 
 
+def hybrid_niah_mean(report: dict) -> float:
+    """The hybrid's NIAH average over every report length: the tie-break between runs meeting as many targets."""
+    ruler = report["ruler"]
+    values = [niah_average(ruler, "hybrid", n) for n in ruler.get("lengths", [])]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else -1.0
+
+
 def main() -> None:
-    best, best_count = None, -1
+    best, best_key = None, None
     for path in sys.argv[1:]:
         p = Path(path)
         if not p.is_file():
             print(f"{p.parent.name}: no report")
             continue
-        rows = targets(json.loads(p.read_text()))
+        report = json.loads(p.read_text())
+        rows = targets(report)
         met = sum(ok for _, ok, _ in rows)
-        print(f"{p.parent.name}: {met}/{len(rows)} targets met")
+        key = (met, hybrid_niah_mean(report))
+        print(f"{p.parent.name}: {met}/{len(rows)} targets met; hybrid NIAH mean over lengths {key[1]:.1f}")
         for name, ok, value in rows:
             print(f"  [{'x' if ok else ' '}] {name}: {value}")
-        if met > best_count:
-            best, best_count = p.parent.name, met
+        if best_key is None or key > best_key:
+            best, best_key = p.parent.name, key
     print(f"chosen {best}")
 
 

@@ -199,10 +199,15 @@ def _cmd_bench_long_context(args) -> int:
         return 0
     from .bench.model import DEFAULT_LENGTHS, DEFAULT_MODELS, hybrid_1m_check, ratio_rows, run
 
-    records = run(out_dir=args.out, models=tuple(args.models.split(",")) if args.models else DEFAULT_MODELS,
-                  lengths=lengths or DEFAULT_LENGTHS, decode_tokens=args.decode_tokens, chunk_size=args.chunk_size,
-                  device=args.device, dtype=dtype, memory_budget_gib=args.memory_budget_gib,
-                  time_budget_s=args.time_budget_s or None)
+    models = tuple(args.models.split(",")) if args.models else DEFAULT_MODELS
+    common = dict(lengths=lengths or DEFAULT_LENGTHS, decode_tokens=args.decode_tokens, chunk_size=args.chunk_size,
+                  dtype=dtype, memory_budget_gib=args.memory_budget_gib, time_budget_s=args.time_budget_s or None)
+    if args.gpus:
+        from .bench.model import run_parallel
+
+        records = run_parallel(models, [g.strip() for g in args.gpus.split(",") if g.strip()], args.out, **common)
+    else:
+        records = run(out_dir=args.out, models=models, device=args.device, **common)
     for n, m, base, ttft, dec in ratio_rows(records):
         print(f"{n:>8} tokens  {m} vs {base}: TTFT speedup {ttft and round(ttft, 2)}×, decode ratio "
               f"{dec and round(dec, 2)}×")
@@ -280,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=32768, help="model: prefill chunk (tokens)")
     p.add_argument("--memory-budget-gib", type=float, default=None, help="model: plan against this, not free memory")
     p.add_argument("--time-budget-s", type=float, default=480.0, help="model: skip runs predicted past it (0 = none)")
+    p.add_argument("--gpus", default=None, help="model: one CUDA device per model, run side by side (e.g. 0,1)")
     p.add_argument("--mixers", default=None, help="kernels: dense,full,sliding,sparse,lightning")
     p.add_argument("--window", type=int, default=4096, help="kernels: sliding window")
     p.set_defaults(func=cmd_bench)

@@ -163,3 +163,25 @@ def test_model_bench_warm_up_runs_untimed(tmp_path):
     warm = [line for line in logs if "warm-up" in line]
     assert len(warm) == 1 and "16 prompt tokens" in warm[0]
     assert records[0]["status"] == "ok"
+
+
+def test_bench_model_parallel_gpus_bad_input():
+    from longforge.bench.model import run_parallel
+
+    with pytest.raises(ValueError, match="one GPU per model"):
+        run_parallel(("sala-9b-shape", "qwen3-8b-shape"), ["0"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            run_parallel(("sala-9b-shape",), ["0"])
+
+
+def test_bench_model_parallel_merges_one_process_per_model(tmp_path, full_config_path):
+    # the --gpus plumbing (one process per model, records merged into one table) on the CPU
+    full_path = full_config_path[0]
+    records = bench_model.run_parallel(("tiny-hybrid-shape", full_path), ["0", "1"], out_dir=tmp_path, device="cpu",
+                                       lengths=(32,), decode_tokens=2, dtype="fp32", log=lambda *_: None)
+    assert [(r["model"], r["seq_len"], r["status"]) for r in records] == [
+        ("tiny-hybrid-shape", 32, "ok"), (full_path, 32, "ok")]
+    json_path, md_path, _ = _files(tmp_path, "model")
+    assert json.loads(json_path.read_text()) == records
+    assert "TTFT speedup" in md_path.read_text() and not list(tmp_path.glob("bench-model-*"))

@@ -295,6 +295,63 @@ def ratio_rows(records: list[dict]) -> list[tuple[int, str, str, float | None, f
     return out
 
 
+def run_parallel(models, gpus: list[str], out_dir="benchmarks/results", device: str = "cuda", log=print,
+                 **kwargs) -> list[dict]:
+    """`run` with each model in its own process on its own GPU of one host, at the same time: one run whose
+    records, table and plots are merged as if the models had run one after the other (every model still has a
+    whole GPU to itself). ``gpus``: CUDA device indices, one per model (``device="cpu"`` runs the same plumbing on
+    the CPU, for tests). ``kwargs`` are `run`'s (lengths,
+    decode_tokens, chunk_size, dtype, memory_budget_gib, time_budget_s)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    models = tuple(models)
+    if len(gpus) != len(models):
+        raise ValueError(f"--gpus needs one GPU per model: {len(models)} models {models}, {len(gpus)} GPUs {gpus}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--gpus runs the models on several CUDA devices, but CUDA is not available")
+    with tempfile.TemporaryDirectory(prefix="bench-model-", dir=out_dir if Path(out_dir).is_dir() else None) as tmp:
+        procs = []
+        for i, (m, gpu) in enumerate(zip(models, gpus)):
+            part = Path(tmp) / f"part{i}"  # a model may be named by a config path
+            part.mkdir()
+            args = [sys.executable, "-m", "longforge.cli", "bench", "model", "--models", m, "--out", str(part),
+                    "--device", device, "--dtype", kwargs.get("dtype", "bf16")]  # fmt: skip
+            if kwargs.get("lengths"):
+                args += ["--lengths", ",".join(str(n) for n in kwargs["lengths"])]
+            for key, flag in (("decode_tokens", "--decode-tokens"), ("chunk_size", "--chunk-size"),
+                              ("memory_budget_gib", "--memory-budget-gib"), ("time_budget_s", "--time-budget-s")):
+                if kwargs.get(key) is not None:
+                    args += [flag, str(kwargs[key])]
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+            log(f"[{m}] on GPU {gpu}: {' '.join(args[1:])}")
+            procs.append((m, part, subprocess.Popen(args, env=env)))
+        records, failed = [], []
+        for m, part, proc in procs:
+            proc.wait()
+            found = sorted(part.glob("model_*.json"))
+            if not found:
+                failed.append(f"{m} (exit code {proc.returncode}, no records)")
+                continue
+            records += json.loads(found[-1].read_text())
+            if proc.returncode not in (0, 1):  # 1 = the 1M check failed, still a result
+                failed.append(f"{m} (exit code {proc.returncode})")
+    if not records:
+        raise RuntimeError(f"no model produced records: {', '.join(failed)}")
+    order = {m: i for i, m in enumerate(models)}
+    records.sort(key=lambda r: (order.get(r["model"], len(order)), r["seq_len"]))
+    for r in records:
+        r["parallel_gpus"] = len(models)
+    write_results(records, out_dir, torch.device(device))
+    if failed:
+        log(f"warning: {', '.join(failed)}")
+    return records
+
+
 def _fmt(x, spec="{:.3f}"):
     return "—" if x is None else spec.format(x)
 
