@@ -7,11 +7,13 @@ block 64, kernel 32 / stride 16, top-k 64, init 1, window 2048, dense_len 8192).
     compress     compress_keys
     sel_old      select_block_indices with the PyTorch top-k (LONGFORGE_SPARSE_TOPK=torch; bf16 block scorer)
     sel_new      the same with the fused Triton top-k (the default now)
-    scorer       the bf16 block scorer alone (its two passes), default launch and a few alternatives
+    scorer       the bf16 block scorer alone (its two passes) on 16K tokens, default launch and two alternatives
+                 (128K only)
     unions       tile_unions (the tile kernel's pre-pass)
     token        the per-token attention kernel (triton_kernel.sparse_fwd)
     tile[BT]     the tile attention kernel, BT tokens per tile (sparse_fwd_tile), pre-pass excluded
-    total_*      fast_sparse_attention end to end (auto / tile / token kernel), dense prefix included
+    total_*      fast_sparse_attention end to end (auto / tile / token kernel; old = torch top-k + token kernel),
+                 dense prefix included
 
 Query kinds: ``random`` (i.i.d. normal, as bench kernels uses: top-k blocks independent from token to token) and
 ``smooth`` (each query the scaled mean of the last 64 noise vectors: neighbouring tokens' queries correlate, as
@@ -201,11 +203,11 @@ def main() -> int:
         with Env(LONGFORGE_SPARSE_TOPK="auto"):
             rec(T, kind, "sel_new", sel, note="bf16 scorer + fused Triton top-k", n=n)
             idx, cnt = sel()
-        if kind == "random" and not args.smoke:
+        if kind == "random" and not args.smoke and T == 131072:  # the scorer's launch settings, at 128K only
             nb = math.ceil(T / bs)
             chunk = qs[:, : min(qs.shape[1], 16384)]
             kc16 = kc.to(dtype)
-            for launch in (dict(), dict(block_c=128), dict(num_stages=3), dict(rows=64, num_warps=4)):
+            for launch in (dict(), dict(block_c=128), dict(num_stages=3)):
                 rec(T, kind, f"scorer {launch or 'default'}",
                     lambda launch=launch: block_scores_lowp(chunk, kc16, T - qs.shape[1], nb, block_size=bs,
                                                             kernel_size=cfg["kernel_size"],
@@ -236,6 +238,8 @@ def main() -> int:
         for kernel in ("auto", "tile", "token"):
             with Env(LONGFORGE_SPARSE_KERNEL=kernel):
                 rec(T, kind, f"total_{kernel}", full, note="selection + attention + dense prefix", n=n)
+        with Env(LONGFORGE_SPARSE_KERNEL="token", LONGFORGE_SPARSE_TOPK="torch"):
+            rec(T, kind, "total_old", full, note="before this round: torch top-k + per-token kernel", n=n)
 
     for T in lengths:
         for kind in ("random", "smooth"):
@@ -264,7 +268,7 @@ def _plot(rows, path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, kind in zip(axes, ("random", "smooth")):
         whats = ["dense", "sel_old", "sel_new", "token"] + sorted({r["what"] for r in rows if r["what"].startswith(
-            "tile[")}) + ["total_auto", "total_tile", "total_token"]
+            "tile[")}) + ["total_old", "total_auto", "total_tile", "total_token"]
         width = 0.8 / max(1, len(whats))
         for i, what in enumerate(whats):
             ys = []

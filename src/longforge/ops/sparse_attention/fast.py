@@ -71,31 +71,15 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
     B, C, H, D = q.shape
     Hkv = kc.shape[2]
     dev = q.device
-    blk = torch.arange(num_blocks, device=dev)
-    b_t = (pos // block_size)[:, None]  # [C, 1]
     n_local = math.ceil(window_size / block_size)
-    past = blk <= b_t  # [C, NB]
-    forced = past & ((blk < init_blocks) | (blk > b_t - n_local))
-    candidate = past & ~forced  # [C, NB]
-    parts = []
-    # Forced blocks as explicit ids: init 0..init-1 (if past), then local ones not already init.
-    n_init = min(init_blocks, num_blocks)
-    if n_init:
-        init = torch.arange(n_init, device=dev)[None, :].expand(C, n_init)
-        parts.append(torch.where(init <= b_t, init, -1))
-    n_loc = min(n_local, num_blocks)
-    if n_loc:
-        local = b_t - n_loc + 1 + torch.arange(n_loc, device=dev)[None, :]  # [C, n_loc]
-        parts.append(torch.where((local >= 0) & (local >= init_blocks), local, -1))
-    forced_ids = torch.cat(parts, dim=-1) if parts else torch.empty(C, 0, dtype=torch.long, device=dev)
-    forced_ids = forced_ids[None, None].expand(B, Hkv, C, forced_ids.shape[-1])
-    k_eff = min(topk, num_blocks)
-    no_topk = k_eff == 0 or (check_candidates and not bool(candidate.any()))
-    if fused_topk:
+    n_init, n_loc, k_eff = min(init_blocks, num_blocks), min(n_local, num_blocks), min(topk, num_blocks)
+    if fused_topk:  # no [C, NB] masks here: the kernel derives forced / candidate blocks per row itself
         from .triton_topk import select_topk
 
+        # a candidate (init <= m <= b - n_local) exists iff the last (largest) position's block reaches that far
+        has_candidate = int(pos[-1]) // block_size - n_local >= init_blocks
         edge = None
-        if no_topk:
+        if k_eff == 0 or (check_candidates and not has_candidate):
             scores = torch.zeros(B, Hkv, C, num_blocks, device=dev)
         else:
             scores, edge = _chunk_scores(q, kc, pos, num_blocks, block_size, kernel_size, kernel_stride, scale,
@@ -103,8 +87,23 @@ def _select_chunk_indices(q, kc, pos, num_blocks, block_size, kernel_size, kerne
         width = max(1, min(num_blocks, n_init + n_loc + k_eff))
         return select_topk(scores, int(pos[0]), block_size=block_size, n_local=n_local, init_blocks=init_blocks,
                            topk=k_eff, width=width, edge=edge)
+    blk = torch.arange(num_blocks, device=dev)
+    b_t = (pos // block_size)[:, None]  # [C, 1]
+    past = blk <= b_t  # [C, NB]
+    forced = past & ((blk < init_blocks) | (blk > b_t - n_local))
+    candidate = past & ~forced  # [C, NB]
+    parts = []
+    # Forced blocks as explicit ids: init 0..init-1 (if past), then local ones not already init.
+    if n_init:
+        init = torch.arange(n_init, device=dev)[None, :].expand(C, n_init)
+        parts.append(torch.where(init <= b_t, init, -1))
+    if n_loc:
+        local = b_t - n_loc + 1 + torch.arange(n_loc, device=dev)[None, :]  # [C, n_loc]
+        parts.append(torch.where((local >= 0) & (local >= init_blocks), local, -1))
+    forced_ids = torch.cat(parts, dim=-1) if parts else torch.empty(C, 0, dtype=torch.long, device=dev)
+    forced_ids = forced_ids[None, None].expand(B, Hkv, C, forced_ids.shape[-1])
     # (With no candidate at all the top-k below yields only -1 ids, so skipping this device sync is always exact.)
-    if no_topk:
+    if k_eff == 0 or (check_candidates and not bool(candidate.any())):
         return forced_ids
     scores, _ = _chunk_scores(q, kc, pos, num_blocks, block_size, kernel_size, kernel_stride, scale, use_triton)
     # Exact top-k with the reference's tie rule: for non-negative floats the int32 bit pattern is monotonic, so
