@@ -35,7 +35,7 @@ LEFT=$(( 360 - ( $(date +%s) - T0 ) ))
 timeout "$LEFT" python3 scripts/gpu/sparsekernel_timing.py "$OUTDIR" --lengths 32768,131072,262144 \
   > "$LOGS/timing.log" 2>&1
 echo "timing rc=$? ($(( $(date +%s) - T0 )) s)"
-grep -E "^T=" "$LOGS/timing.log" | grep -E " (dense|sel_old|sel_new|token|tile\[[0-9]+\]|total_old|total_auto|total_tile|total_token) " | tail -60
+grep -E "^T=" "$LOGS/timing.log" | grep -E " (dense|sel_old|sel_new|token|tile\[[0-9]+\]|split\[[0-9]+\]|total_old|total_auto|total_tile|total_split|total_token) " | tail -60
 
 echo "== 3. bench kernels (dense, sparse) through the seam"
 LEFT=$(( 415 - ( $(date +%s) - T0 ) ))

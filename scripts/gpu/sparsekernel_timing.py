@@ -12,7 +12,10 @@ block 64, kernel 32 / stride 16, top-k 64, init 1, window 2048, dense_len 8192).
     unions       tile_unions (the tile kernel's pre-pass)
     token        the per-token attention kernel (triton_kernel.sparse_fwd)
     tile[BT]     the tile attention kernel, BT tokens per tile (sparse_fwd_tile), pre-pass excluded
-    total_*      fast_sparse_attention end to end (auto / tile / token kernel; old = torch top-k + token kernel),
+    split[BT]    each tile's widely shared blocks by the tile kernel, the rest per token, lse-merged (pre-pass
+                 split_prep included)
+    total_*      fast_sparse_attention end to end (auto / tile / split / token kernel; old = torch top-k + token
+                 kernel),
                  dense prefix included
 
 Query kinds: ``random`` (i.i.d. normal, as bench kernels uses: top-k blocks independent from token to token) and
@@ -42,12 +45,13 @@ from longforge.ops.sparse_attention.fast import (
     TILE_MAX_UNION_RATIO,
     fast_sparse_attention,
     select_block_indices,
+    sparse_attend,
     union_ratio,
 )
 from longforge.ops.sparse_attention.naive import compress_keys
 from longforge.ops.sparse_attention.triton_blockscore import block_scores_lowp
 from longforge.ops.sparse_attention.triton_kernel import sparse_fwd
-from longforge.ops.sparse_attention.triton_tile import default_block_t, sparse_fwd_tile, tile_unions
+from longforge.ops.sparse_attention.triton_tile import default_block_t, sparse_fwd_tile, split_unions, tile_unions
 from longforge.utils.io import atomic_write_bytes, atomic_write_text
 
 SALA = dict(block_size=64, kernel_size=32, kernel_stride=16, topk=64, init_blocks=1, window_size=2048)
@@ -230,12 +234,16 @@ def main() -> int:
                 flops=fl, note=f"union ratio {ratio:.3f} (auto takes the tile kernel at <= "
                                f"{TILE_MAX_UNION_RATIO})", n=n)
             un = None
+        bt = default_block_t(G, dtype)
+        rec(T, kind, f"split_prep[{bt}]", lambda: split_unions(idx, cnt, bt), n=n)
+        rec(T, kind, f"split[{bt}]", lambda: sparse_attend(qs, k, v, idx, cnt, scale, bs, kernel="split"),
+            flops=fl, note="shared blocks by tiles + the rest per token, lse-merged; pre-pass included", n=n)
         idx = cnt = None
 
         def full():
             return fast_sparse_attention(q, k, v, dense_len=dense_len, scale=scale, **cfg)
 
-        for kernel in ("auto", "tile", "token"):
+        for kernel in ("auto", "tile", "split", "token"):
             with Env(LONGFORGE_SPARSE_KERNEL=kernel):
                 rec(T, kind, f"total_{kernel}", full, note="selection + attention + dense prefix", n=n)
         with Env(LONGFORGE_SPARSE_KERNEL="token", LONGFORGE_SPARSE_TOPK="torch"):
@@ -268,7 +276,7 @@ def _plot(rows, path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, kind in zip(axes, ("random", "smooth")):
         whats = ["dense", "sel_old", "sel_new", "token"] + sorted({r["what"] for r in rows if r["what"].startswith(
-            "tile[")}) + ["total_old", "total_auto", "total_tile", "total_token"]
+            "tile[")}) + ["split[8]", "total_old", "total_auto", "total_tile", "total_split", "total_token"]
         width = 0.8 / max(1, len(whats))
         for i, what in enumerate(whats):
             ys = []

@@ -459,6 +459,8 @@ for Tq, Tk, H, Hkv, D, Dv, block_t in ((37, 150, 4, 2, 16, 32, None), (40, 101, 
     ref = naive_sparse_attention(q, k, v, dense_len=0, **cfg)
     if block_t is None:
         out = sparse_attend(q, k, v, idx, cnt, D**-0.5, 16, kernel="tile")
+        split = sparse_attend(q, k, v, idx, cnt, D**-0.5, 16, kernel="split")  # tile + per-token, lse-merged
+        assert rel(split, ref) < 1e-5, (Tq, rel(split, ref))
     else:
         out, lse = sparse_fwd_tile(q, k, v, *tile_unions(idx, cnt, block_t), D**-0.5, 16, block_t)
         assert torch.isfinite(lse).all()
@@ -543,9 +545,10 @@ def test_sparse_kernel_choice_rejects_bad_values(monkeypatch):
 
 
 def test_sparse_tile_unions_on_cpu():
-    """The union lists and token masks, against a direct set computation (plain PyTorch, no kernel)."""
+    """The union lists and token masks, and the split into shared tile entries + per-token residual lists, against
+    direct set computations (plain PyTorch, no kernel)."""
     pytest.importorskip("triton")
-    from longforge.ops.sparse_attention.triton_tile import tile_unions
+    from longforge.ops.sparse_attention.triton_tile import split_unions, tile_unions
 
     gen = torch.Generator().manual_seed(0)
     B, Hkv, Tq, S, NB = 2, 2, 45, 6, 30
@@ -555,6 +558,23 @@ def test_sparse_tile_unions_on_cpu():
         n = int(cnt[b, h, t])
         idx[b, h, t, :n] = torch.randperm(NB, generator=gen)[:n].sort().values.int()
     for block_t in (1, 7, 32):
+        # the split: every (token, block) pair exactly once, in a shared tile entry or in the token's residual list
+        (suidx, sbits, scnt), (ridx, rcnt) = split_unions(idx, cnt, block_t, min_share=2)
+        pairs = set()
+        tiles = torch.arange(sbits.shape[2])
+        for b, h, tile in torch.cartesian_prod(torch.arange(B), torch.arange(Hkv), tiles).tolist():
+            for j in range(int(scnt[b, h, tile])):
+                bits = int(sbits[b, h, tile, j]) & 0xFFFFFFFF
+                assert bin(bits).count("1") >= 2
+                pairs |= {(b, h, tile * block_t + i, int(suidx[b, h, tile, j])) for i in range(32) if bits >> i & 1}
+        for b, h, t in torch.cartesian_prod(torch.arange(B), torch.arange(Hkv), torch.arange(Tq)).tolist():
+            own = ridx[b, h, t, : int(rcnt[b, h, t])].tolist()
+            assert own == sorted(own) and not pairs & {(b, h, t, x) for x in own}
+            pairs |= {(b, h, t, x) for x in own}
+        want = {(b, h, t, int(x)) for b, h, t in torch.cartesian_prod(torch.arange(B), torch.arange(Hkv),
+                                                                      torch.arange(Tq)).tolist()
+                for x in idx[b, h, t, : int(cnt[b, h, t])]}
+        assert pairs == want
         uidx, ubits, ucnt = tile_unions(idx, cnt, block_t)
         for b, h, tile in ((0, 0, 0), (1, 1, (Tq - 1) // block_t), (1, 0, 1 if Tq > block_t else 0)):
             toks = range(tile * block_t, min(Tq, (tile + 1) * block_t))
@@ -568,13 +588,15 @@ def test_sparse_tile_unions_on_cpu():
 
 
 @gpu
+@pytest.mark.parametrize("kernel", ["tile", "split"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("case", SPARSE_CASES[:2] + [(1, 130, 260, 12, 4, 64, 40)])
-def test_sparse_tile_kernel_matches_reference_gpu(case, dtype, monkeypatch):
-    """The multi-token tile forward (forced) through the whole fast path, forward and backward, vs the reference:
-    a dense/sparse switch inside a tile, Tq < Tk, GQA 2 / 3 / 4, T not a multiple of the tile or the block."""
+def test_sparse_tile_kernel_matches_reference_gpu(case, dtype, kernel, monkeypatch):
+    """The multi-token tile forward (forced; or split with the per-token kernel) through the whole fast path,
+    forward and backward, vs the reference: a dense/sparse switch inside a tile, Tq < Tk, GQA 2 / 3 / 4, T not a
+    multiple of the tile or the block."""
     monkeypatch.delenv("LONGFORGE_BACKEND_SPARSE_ATTENTION", raising=False)
-    monkeypatch.setenv("LONGFORGE_SPARSE_KERNEL", "tile")
+    monkeypatch.setenv("LONGFORGE_SPARSE_KERNEL", kernel)
     leaves, cfg = _sparse_case(case, dtype, "cuda")
     fast = _fwd_bwd(sparse_attention, leaves, **cfg)
     ref = _fwd_bwd(naive_sparse_attention, leaves, **cfg)
@@ -586,6 +608,7 @@ def test_sparse_tile_kernel_matches_reference_gpu(case, dtype, monkeypatch):
 def test_sparse_tile_equals_token_kernel_sala_shape_gpu(block_t):
     """SALA's shape (16 heads per kv head x 128, 64-token blocks, bf16): the tile kernel's o and lse equal the
     per-token kernel's over the same (bf16-scored) selection, on random and on slowly varying queries."""
+    from longforge.ops.sparse_attention.fast import sparse_attend
     from longforge.ops.sparse_attention.triton_kernel import sparse_fwd
     from longforge.ops.sparse_attention.triton_tile import default_block_t, sparse_fwd_tile, tile_unions
 
@@ -601,6 +624,8 @@ def test_sparse_tile_equals_token_kernel_sala_shape_gpu(block_t):
         o2, l2 = sparse_fwd_tile(qq, k_, v_, *tile_unions(idx, cnt, bt), 128**-0.5, 64, bt)
         assert _rel_err(o2, o1) < 1e-2
         assert (l1 - l2).abs().max().item() < 1e-3
+        o3 = sparse_attend(qq, k_, v_, idx, cnt, 128**-0.5, 64, kernel="split")
+        assert _rel_err(o3, o1) < 1e-2
 
 
 @gpu

@@ -14,9 +14,10 @@
    so ties go to the lower block exactly like the reference's stable sort -- or, after a Triton scorer
    (``LONGFORGE_SPARSE_TOPK=auto|torch|triton``), ``triton_topk.select_topk``: the same rule in one kernel per row.
    Output: ``idx [B, Hkv, Tq, S]`` int32 (valid ids first, ascending) and ``cnt [B, Hkv, Tq]``.
-3. ``sparse_attend`` (``LONGFORGE_SPARSE_KERNEL=auto|tile|token``): ``triton_kernel.triton_sparse_attention`` attends
-   each token over its own blocks (forward and backward); ``triton_tile`` runs the forward by tiles of consecutive
-   tokens over the union of their blocks (``auto`` when that union is small, see ``TILE_MAX_UNION_RATIO``).
+3. ``sparse_attend`` (``LONGFORGE_SPARSE_KERNEL=auto|tile|split|token``): ``triton_kernel.triton_sparse_attention``
+   attends each token over its own blocks (forward and backward); ``triton_tile`` runs the forward by tiles of
+   consecutive tokens over the union of their blocks (``auto`` when that union is small, see
+   ``TILE_MAX_UNION_RATIO``), or (``split``) over their shared blocks only, the rest per token.
 
 Explicit fallbacks to ``naive_sparse_attention`` (same result), with a one-time warning naming the reason:
 tensors not on CUDA (unless ``LONGFORGE_SPARSE_TRITON_INTERPRET=1`` and ``TRITON_INTERPRET=1``, used by the CPU
@@ -340,7 +341,7 @@ def _fallback_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
 
 
 KERNEL_ENV = "LONGFORGE_SPARSE_KERNEL"
-KERNEL_CHOICES = ("auto", "tile", "token")
+KERNEL_CHOICES = ("auto", "tile", "split", "token")
 # "auto" takes the tile kernel when its union of blocks is small against the tokens' own lists: it visits
 # sum |U| blocks with BLOCK_T * G rows where the per-token kernel visits sum cnt blocks with G rows. A first
 # estimate (the per-token kernel is L2-bandwidth-bound at ~4.5 ns per 64-key block visit; a 128-row tile visit
@@ -374,16 +375,20 @@ def union_ratio(idx: Tensor, cnt: Tensor, block_t: int, sample: int | None = Non
 def sparse_attend(qs: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, scale: float, block_size: int,
                   kernel: str | None = None) -> Tensor:
     """Step 6: each sparse query over its selected blocks, by the per-token or the multi-token tile kernel
-    (``LONGFORGE_SPARSE_KERNEL=auto|tile|token``, or ``kernel``). Both give the reference's result; backward is
-    the per-token kernel's either way. ``auto`` picks the tile kernel when ``union_ratio`` (on a sample of tiles)
-    is at most ``TILE_MAX_UNION_RATIO``."""
+    (``LONGFORGE_SPARSE_KERNEL=auto|tile|split|token``, or ``kernel``). All give the reference's result; backward
+    is the per-token kernel's in every case. ``auto`` picks the tile kernel when ``union_ratio`` (on a sample of
+    tiles) is at most ``TILE_MAX_UNION_RATIO``, else the per-token one; ``split`` (opt-in until measured) runs each
+    tile's widely shared blocks through the tile kernel and every token's other blocks through the per-token one,
+    merged by log-sum-exp (``triton_tile.split_unions``)."""
     choice = kernel or _kernel_choice()
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"kernel={choice!r}; allowed values: {', '.join(KERNEL_CHOICES)}")
     if choice != "token":
-        from .triton_tile import default_block_t, triton_sparse_attention_tile
+        from .triton_tile import default_block_t, triton_sparse_attention_split, triton_sparse_attention_tile
 
         block_t = default_block_t(qs.shape[2] // k.shape[2], qs.dtype, max(qs.shape[-1], v.shape[-1]))
+        if choice == "split":
+            return triton_sparse_attention_split(qs, k, v, idx, cnt, scale, block_size, block_t)
         if choice == "tile" or union_ratio(idx, cnt, block_t, sample=_TILE_SAMPLE) <= TILE_MAX_UNION_RATIO:
             return triton_sparse_attention_tile(qs, k, v, idx, cnt, scale, block_size, block_t)
     from .triton_kernel import triton_sparse_attention

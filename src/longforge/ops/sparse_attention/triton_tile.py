@@ -238,6 +238,98 @@ def sparse_fwd_tile(q: Tensor, k: Tensor, v: Tensor, uidx: Tensor, ubits: Tensor
     return o, lse
 
 
+def split_unions(idx: Tensor, cnt: Tensor, block_t: int, min_share: int | None = None):
+    """Split each tile's union in two: the blocks at least ``min_share`` of the tile's tokens selected (for the tile
+    kernel: in practice the init + local band, shared by every token of a tile) and, per token, the rest of its own
+    blocks (for the per-token kernel). Every (token, block) pair lands in exactly one of the two.
+
+    Returns ``(uidx, ubits, ucnt)`` as ``tile_unions`` (shared entries only) and ``(ridx, rcnt)`` as ``idx, cnt``
+    (the residual blocks, ascending, -1 padded; width ``max(1, max rcnt)``). ``min_share`` defaults to
+    ``max(2, ceil(block_t / 2))``.
+    """
+    share = max(2, (block_t + 1) // 2) if min_share is None else min_share
+    uidx, ubits, ucnt = tile_unions(idx, cnt, block_t)
+    B, Hkv, n_tiles, U = uidx.shape
+    slot = torch.arange(U, device=idx.device)
+    valid = slot < ucnt[..., None]
+    pop = torch.zeros_like(ubits)
+    for i in range(block_t):
+        pop += (ubits >> i) & 1
+    shared = valid & (pop >= share)
+    order = torch.sort((~shared).to(torch.int8), dim=-1, stable=True).indices  # shared entries first, in order
+    s_cnt = shared.sum(-1, dtype=torch.int32)
+    keep = slot < s_cnt[..., None]
+    s_uidx = torch.where(keep, uidx.gather(-1, order), 0).contiguous()
+    s_bits = torch.where(keep, ubits.gather(-1, order), 0).contiguous()
+    # which (token, block) entries of idx fall on a shared block of their tile
+    Tq, S = idx.shape[2], idx.shape[3]
+    pad = n_tiles * block_t - Tq
+    ids = idx if not pad else torch.nn.functional.pad(idx, (0, 0, 0, pad), value=-1)
+    ids = ids.reshape(B, Hkv, n_tiles, block_t * S)
+    big = torch.iinfo(torch.int32).max
+    sorted_u = torch.where(valid, uidx, big).contiguous()  # ascending
+    at = torch.searchsorted(sorted_u, ids.clamp(min=0).contiguous()).clamp(max=U - 1)
+    on_shared = shared.gather(-1, at) & (sorted_u.gather(-1, at) == ids)
+    residual = (ids >= 0) & ~on_shared
+    r = torch.where(residual, ids, big).reshape(B, Hkv, n_tiles * block_t, S)[:, :, :Tq]
+    r = r.sort(dim=-1).values
+    rcnt = (r != big).sum(-1, dtype=torch.int32)
+    width = max(1, int(rcnt.max())) if rcnt.numel() else 1
+    ridx = torch.where(r == big, -1, r)[..., :width].to(torch.int32).contiguous()
+    return (s_uidx, s_bits, s_cnt.contiguous()), (ridx, rcnt.contiguous())
+
+
+def merge_partials(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax attention over two disjoint key sets, from each one's output and log-sum-exp (+inf = no key, the
+    kernels' convention): ``o [B, Tq, H, Dv]`` in o1's dtype and ``lse [B, H, Tq]`` fp32 (+inf where neither
+    saw a key)."""
+    a = torch.where(lse1 == float("inf"), float("-inf"), lse1)
+    b = torch.where(lse2 == float("inf"), float("-inf"), lse2)
+    m = torch.maximum(a, b)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    w1, w2 = torch.exp(a - m), torch.exp(b - m)
+    total = w1 + w2
+    has = total > 0
+    inv = torch.where(has, 1.0 / torch.where(has, total, 1.0), 0.0)
+    w1, w2 = (w1 * inv).transpose(1, 2)[..., None], (w2 * inv).transpose(1, 2)[..., None]
+    o = (o1.float() * w1 + o2.float() * w2).to(o1.dtype)
+    lse = torch.where(has, m + torch.log(torch.where(has, total, 1.0)), float("inf"))
+    return o, lse
+
+
+class SplitSparseAttentionFunction(torch.autograd.Function):
+    """Forward: the tile kernel over each tile's shared blocks + the per-token kernel over every token's other
+    blocks, merged by log-sum-exp; backward: the per-token kernel over the full selection from the merged lse."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, idx, cnt, scale, block_size, block_t):
+        from .triton_kernel import sparse_fwd
+
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        (s_uidx, s_bits, s_cnt), (ridx, rcnt) = split_unions(idx, cnt, block_t)
+        o1, lse1 = sparse_fwd_tile(q, k, v, s_uidx, s_bits, s_cnt, scale, block_size, block_t)
+        o2, lse2 = sparse_fwd(q, k, v, ridx, rcnt, scale, block_size)
+        o, lse = merge_partials(o1, lse1, o2, lse2)
+        ctx.save_for_backward(q, k, v, o, lse, idx, cnt)
+        ctx.scale, ctx.block_size = scale, block_size
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        from .triton_kernel import sparse_bwd
+
+        q, k, v, o, lse, idx, cnt = ctx.saved_tensors
+        dq, dk, dv = sparse_bwd(q, k, v, o, lse, do, idx, cnt, ctx.scale, ctx.block_size)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def triton_sparse_attention_split(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, scale: float,
+                                  block_size: int, block_t: int) -> Tensor:
+    """``triton_sparse_attention_tile``'s result with each tile's union split (``split_unions``): shared blocks
+    by the tile kernel, the rest per token. Returns ``o [B, Tq, H, Dv]`` in q's dtype."""
+    return SplitSparseAttentionFunction.apply(q, k, v, idx, cnt, scale, block_size, block_t)
+
+
 class TileSparseAttentionFunction(torch.autograd.Function):
     """Autograd wrapper: the tile forward, the per-token backward (``triton_kernel.sparse_bwd``) from the same
     ``lse``; the selection (idx, cnt and the unions built from it) is discrete and gets no gradient."""
@@ -269,4 +361,5 @@ def triton_sparse_attention_tile(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, c
     return TileSparseAttentionFunction.apply(q, k, v, idx, cnt, uidx, ubits, ucnt, scale, block_size, block_t)
 
 
-__all__ = ["MAX_BLOCK_T", "default_block_t", "sparse_fwd_tile", "tile_unions", "triton_sparse_attention_tile"]
+__all__ = ["MAX_BLOCK_T", "default_block_t", "merge_partials", "sparse_fwd_tile", "split_unions", "tile_unions",
+           "triton_sparse_attention_split", "triton_sparse_attention_tile"]
