@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU verification + timing of the InfLLM-V2 sparse forward work (issue #5: multi-token tile attention kernel,
 # fused Triton top-k selection), ONE H200 (use CUDA_VISIBLE_DEVICES as given), <= 7 minutes:
-#   1. GPU tests of the sparse fast paths, new and old (tile kernel, fused top-k, scorers, decode)     (<= 170 s)
-#   2. timing at 32K / 128K / 256K: dense cuDNN, old / new selection, scorer launches, token / tile kernels,
-#      the whole fast_sparse_attention (auto / tile / token), random and smooth queries            (<= 190 s)
-#   3. longforge bench kernels --mixers dense,sparse at 32K,128K: the seam picks the new path           (<= 60 s)
+#   1. GPU tests of the sparse fast paths, new and old (tile / split kernels, fused top-k, scorers, decode) (<= 175 s)
+#   2. timing at 32K / 128K / 256K: dense cuDNN, old / new selection, scorer launches, token / tile / split
+#      kernels, the whole fast_sparse_attention (old / auto / tile / split / token), random and smooth queries
+#      (<= 200 s; timing.{json,md,png} are rewritten after every length and query kind)
+#   3. longforge bench kernels --mixers dense,sparse at 32K,128K: the seam picks the new path           (<= 45 s)
 # Everything goes to $OUT/sparsekernel/ (4 files): timing.{json,md,png} and logs.tar.gz (tests.log, timing.log,
 # bench.log, bench kernels' JSON / MD / PNG).
 # Run from the repository root: bash scripts/gpu/sparsekernel.sh
@@ -21,16 +22,16 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
   2>&1 | tee "$LOGS/env.log"
 
 echo "== 1. GPU tests (sparse)"
-timeout 110 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_paths.py --durations=8 -rf \
+timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_paths.py --durations=8 -rf \
   -k "sparse_tile or fused_topk" > "$LOGS/tests.log" 2>&1
 echo "new-path tests rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|FAILED|Error" "$LOGS/tests.log" | tail -8
-timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_paths.py --durations=5 -rf \
+timeout 55 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_paths.py --durations=5 -rf \
   -k "sparse and not sparse_tile and not fused_topk" >> "$LOGS/tests.log" 2>&1
 echo "old sparse tests rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|FAILED|Error" "$LOGS/tests.log" | tail -6
 
 echo "== 2. timing"
-LEFT=$(( 360 - ( $(date +%s) - T0 ) ))
-[ "$LEFT" -gt 190 ] && LEFT=190
+LEFT=$(( 370 - ( $(date +%s) - T0 ) ))
+[ "$LEFT" -gt 200 ] && LEFT=200
 [ "$LEFT" -lt 60 ] && LEFT=60
 timeout "$LEFT" python3 scripts/gpu/sparsekernel_timing.py "$OUTDIR" --lengths 32768,131072,262144 \
   > "$LOGS/timing.log" 2>&1
@@ -39,7 +40,7 @@ grep -E "^T=" "$LOGS/timing.log" | grep -E " (dense|sel_old|sel_new|token|tile\[
 
 echo "== 3. bench kernels (dense, sparse) through the seam"
 LEFT=$(( 415 - ( $(date +%s) - T0 ) ))
-[ "$LEFT" -gt 60 ] && LEFT=60
+[ "$LEFT" -gt 45 ] && LEFT=45
 if [ "$LEFT" -ge 20 ]; then
   timeout "$LEFT" python3 -m longforge.cli bench kernels --mixers dense,sparse --lengths 32K,128K \
     --out "$LOGS/bench" > "$LOGS/bench.log" 2>&1
