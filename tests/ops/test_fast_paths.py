@@ -507,6 +507,24 @@ ref = selected_blocks(q, k, dense_len=0, **cfg)
 mask = torch.zeros(ref.shape[:-1] + (ref.shape[-1] + 1,), dtype=torch.bool)
 mask.scatter_(-1, torch.where(idx >= 0, idx, ref.shape[-1]).long(), True)
 assert torch.equal(mask[..., :-1], ref) and torch.equal(cnt, ref.sum(-1).int())
+# 5. "auto" survives a failing fused top-k / tile kernel: one warning each, then the PyTorch top-k / token kernel
+import warnings
+from longforge.ops.sparse_attention import fast, triton_tile, triton_topk
+def boom(*a, **k):
+    raise RuntimeError("simulated compile failure")
+triton_topk.select_topk = boom
+triton_tile.triton_sparse_attention_tile = boom
+fast.union_ratio = lambda *a, **k: 0.0
+os.environ["LONGFORGE_SPARSE_KERNEL"] = "auto"
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    idx2, cnt2 = select_block_indices(q, compress_keys(k, 8, 4), num_keys=120, **cfg)
+    v = torch.randn(1, 120, 2, 16, generator=g)
+    out = fast_sparse_attention(q, k, v, dense_len=0, **cfg)
+assert torch.equal(idx2, idx) and torch.equal(cnt2, cnt)
+assert rel(out, naive_sparse_attention(q, k, v, dense_len=0, **cfg)) < 1e-5
+text = " ".join(str(w.message) for w in caught)
+assert "fused Triton top-k failed" in text and "tile kernel failed" in text, text
 print("interpreted tile kernel ok")
 """
 

@@ -50,6 +50,11 @@ _MAX_SELECT_CHUNK = 4096
 _MAX_HEAD_DIM = 256
 _warned: set[str] = set()
 _blockscore_failed: list[str] = []  # the bf16 block scorer raised once here: "auto" stops choosing it
+_kernel_failed: list[str] = []  # the fused top-k or the tile kernel raised once here: "auto" stops choosing them
+
+
+def _env_choice(name: str) -> str:
+    return os.environ.get(name, "auto").strip().lower() or "auto"
 
 
 def _warn_once(message: str) -> None:
@@ -214,7 +219,8 @@ def _use_triton_topk(q: Tensor, num_blocks: int, use_triton) -> bool:
     if choice not in TOPK_CHOICES:
         raise ValueError(f"{TOPK_ENV}={choice!r}; allowed values: {', '.join(TOPK_CHOICES)}")
     runnable = q.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-    if choice == "torch" or (choice == "auto" and not (use_triton and runnable)):
+    failed = any(m.startswith("top-k") for m in _kernel_failed)
+    if choice == "torch" or (choice == "auto" and (failed or not (use_triton and runnable))):
         return False
     if not runnable:
         raise ValueError(f"{TOPK_ENV}=triton needs CUDA tensors (or TRITON_INTERPRET=1)")
@@ -276,8 +282,21 @@ def select_block_indices(
         for start in range(0, Tq, step):
             qc = q[:, start : start + step].detach()
             pos = torch.arange(start, start + qc.shape[1], device=q.device) + (num_keys - Tq)
-            outs.append(_select_chunk_indices(qc, kcf, pos, num_blocks, block_size, kernel_size, kernel_stride,
-                                              topk, init_blocks, window_size, scale, use_triton, fused_topk=fused))
+            args = (qc, kcf, pos, num_blocks, block_size, kernel_size, kernel_stride, topk, init_blocks,
+                    window_size, scale, use_triton)
+            try:
+                part = _select_chunk_indices(*args, fused_topk=fused)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as err:  # noqa: BLE001 - the fused top-k failed to compile / run: "auto" falls back
+                if not fused or outs or _env_choice(TOPK_ENV) == "triton":
+                    raise
+                _kernel_failed.append(f"top-k {type(err).__name__}: {err}")
+                _warn_once(f"sparse_attention: the fused Triton top-k failed ({_kernel_failed[-1][:300]}); "
+                           "using the PyTorch top-k")
+                fused = False
+                part = _select_chunk_indices(*args, fused_topk=False)
+            outs.append(part)
         if outs and fused:  # ids already ascending, -1 padded, one width for every chunk
             return torch.cat([o[0] for o in outs], dim=2).contiguous(), torch.cat([o[1] for o in outs], dim=2)
         if not outs:
@@ -389,8 +408,18 @@ def sparse_attend(qs: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, sc
         block_t = default_block_t(qs.shape[2] // k.shape[2], qs.dtype, max(qs.shape[-1], v.shape[-1]))
         if choice == "split":
             return triton_sparse_attention_split(qs, k, v, idx, cnt, scale, block_size, block_t)
-        if choice == "tile" or union_ratio(idx, cnt, block_t, sample=_TILE_SAMPLE) <= TILE_MAX_UNION_RATIO:
+        if choice == "tile":
             return triton_sparse_attention_tile(qs, k, v, idx, cnt, scale, block_size, block_t)
+        tile_failed = any(m.startswith("tile") for m in _kernel_failed)
+        if not tile_failed and union_ratio(idx, cnt, block_t, sample=_TILE_SAMPLE) <= TILE_MAX_UNION_RATIO:
+            try:
+                return triton_sparse_attention_tile(qs, k, v, idx, cnt, scale, block_size, block_t)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as err:  # noqa: BLE001 - compile / launch failure: "auto" takes the per-token kernel
+                _kernel_failed.append(f"tile {type(err).__name__}: {err}")
+                _warn_once(f"sparse_attention: the tile kernel failed ({_kernel_failed[-1][:300]}); "
+                           "using the per-token kernel")
     from .triton_kernel import triton_sparse_attention
 
     return triton_sparse_attention(qs, k, v, idx, cnt, scale, block_size)
