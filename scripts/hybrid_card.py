@@ -83,9 +83,33 @@ def card(run: Path, demo: dict | None, sweep: dict | None) -> str:
     chosen = f"`select.layers = {layers}`" if layers else f"`attn_ratio {cfg['attn_ratio']}`"
     lines += ["", f"Recipe: `recipes/convert/tiny-sala.yaml` with {chosen} and the other overrides recorded in "
               "`conversion_report.json` (`config`)."]  # fmt: skip
+    ruler = report.get("ruler") or {}
+    if ruler.get("lengths"):
+        lengths = ruler["lengths"]
+        lines += ["", f"Conversion report, RULER ({', '.join(ruler['tasks'])}; {ruler['samples']} samples per task and "
+                  f"length, greedy), average — the teacher was trained at 4K:", "",
+                  "| model | " + " | ".join(_label(n) for n in lengths) + " |",
+                  "|---|" + "---|" * len(lengths)]  # fmt: skip
+        for who in ("teacher", "hybrid"):
+            avg = ruler[who]["average"]
+            lines.append(f"| {who} | " + " | ".join(f"{avg[str(n)]:.1f}" for n in lengths) + " |")
+    sel = report.get("selection") or {}
+    if sel.get("retrieval"):
+        lines += ["", f"Layer selection of this run (HALO score: RULER {', '.join(sel['tasks'])} at {sel['length']} "
+                  f"tokens with only layer i converted, {sel['samples']} samples per task; C = −held-out loss; "
+                  f"teacher R {sel['teacher_retrieval']:.1f}):", "",
+                  "| layer | " + " | ".join(str(i) for i in range(len(sel["scores"]))) + " |",
+                  "|---|" + "---|" * len(sel["scores"]),
+                  "| R_i | " + " | ".join(f"{r:.1f}" for r in sel["retrieval"]) + " |",
+                  "| score | " + " | ".join(f"{s:.3g}" for s in sel["scores"]) + " |"]  # fmt: skip
+    hype = report.get("hype") or {}
+    if hype.get("sweep"):
+        lines += ["", f"HyPE sweep at {hype['length']} tokens ({', '.join(hype['tasks'])}): "
+                  + ", ".join(f"`{r['attn_logit_scaling']}` {r['score']:.1f}" for r in hype["sweep"])
+                  + f" → `{hype['chosen']}`."]  # fmt: skip
     if sweep is not None:
         sel = sweep["runs"]["tiny-sala"]["selection"]
-        lines += ["", "Layer selection (HALO score, measured on an H200: RULER niah_single_2 / niah_multikey_1 / "
+        lines += ["", "An earlier layer-selection sweep (HALO score, measured on an H200: RULER niah_single_2 / niah_multikey_1 / "
                   "niah_multivalue / vt at 2K with only layer i converted, C = −held-out loss):", "",
                   "| layer | " + " | ".join(str(i) for i in range(len(sel["scores"]))) + " |",
                   "|---|" + "---|" * len(sel["scores"]),
