@@ -179,3 +179,12 @@ def test_static_step_never_reads_a_device_value_on_the_host():
         for dense in (True, False):
             with NoHostReads():
                 static_decode_step(model, ids, state, (dense,))
+
+
+def test_preallocated_buffers_start_zeroed():
+    """The static step reads the whole buffer with the unwritten tail masked: 0 · NaN from uninitialised memory
+    would still be NaN, so both keys and values must start at zero."""
+    cfg = mixed_config()
+    cache = preallocated_cache(cfg, 2, 300, torch.float32, "cpu")
+    kv = [layer for layer in cache.layers if hasattr(layer, "_k")]
+    assert kv and all(not layer._k.any() and not layer._v.any() for layer in kv)

@@ -25,7 +25,7 @@ class StaticKVLayerCache(KVLayerCache):
         # Zeroed, not empty: the static decode path (`infer.static_decode`) reads the whole fixed-size buffer with the
         # unwritten tail masked, and a masked NaN from uninitialised memory would still poison ``p @ v``.
         self._k = torch.zeros(batch, max_len, num_kv_heads, head_dim, dtype=dtype, device=device)
-        self._v = torch.empty_like(self._k)
+        self._v = torch.zeros_like(self._k)
         self.length = 0
 
     @property
