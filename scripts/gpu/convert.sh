@@ -15,8 +15,9 @@ LIMIT=${CONVERT_LIMIT:-500}
 GPU_A=${GPU_A:-${CUDA_VISIBLE_DEVICES:-0}}; GPU_B=${GPU_B:-$GPU_A}
 O=$OUT/convert; W=/tmp/convert; mkdir -p $O $W
 python3 -c "from longforge.data.corpus import prose_documents; print(len(prose_documents(('stdlib','numpy','torch'), cache_dir='/tmp/lfcache')), 'prose docs')" 2>&1 | tail -1
-# Evaluation sized to fit the time limit:
-EVAL="eval_batch_size=50 select.samples=10 select.tasks=[niah_single_2,niah_multikey_1,vt]
+# Evaluation sized to fit the time limit. The kept layers are given: three H200 selection sweeps of this teacher
+# (benchmarks/results/convert_h200_*.json) all kept [0, 1, 5, 7] at attn_ratio 0.5 (layers 1 and 5 carry retrieval).
+EVAL="eval_batch_size=50 select.layers=[0,1,5,7]
  hype.alphas=[500,2000,8000] hype.samples=10 hype.tasks=[niah_single_2,niah_multikey_1] report.samples=10
  report.tasks=[niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue] report.lengths=[1024,4096,8192,16384]"
 COMMON="--config recipes/convert/tiny-sala.yaml --no-progress"
