@@ -92,3 +92,18 @@ def test_fsdp_conversion_matches_replicas_and_resumes(teacher_dir, corpus_file, 
     ours = heldout_loss(model.to(run.rt.device), batches, run.rt)
     assert ours == pytest.approx(report["heldout_loss"]["hybrid"], rel=eval_tol)
     assert not (out / "stage2" / "checkpoint").exists()
+
+
+def test_student_bank_is_not_a_module_list():
+    # torch 2.11's fully_shard refuses any nn.ModuleList root (the H200 run of this test's cuda case failed on
+    # exactly that); the bank keeps ModuleList's indexing, length, iteration and "<i>.<name>" state-dict keys
+    from torch import nn
+
+    from longforge.convert.models import StudentBank
+
+    bank = StudentBank(nn.Linear(2, 3) for _ in range(3))
+    assert not isinstance(bank, (nn.ModuleList, nn.ModuleDict))
+    assert len(bank) == 3 and bank[-1] is bank[2] and list(bank) == [bank[0], bank[1], bank[2]]
+    assert list(bank.state_dict())[:2] == ["0.weight", "0.bias"]
+    with pytest.raises(IndexError):
+        bank[3]

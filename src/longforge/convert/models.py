@@ -12,7 +12,7 @@ before training; the neutral start keeps the teacher's function where the archit
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -93,11 +93,29 @@ def lightning_from_attention(attn: nn.Module, config: HybridConfig, layer_idx: i
     return student
 
 
-class StudentBank(nn.ModuleList):
+class StudentBank(nn.Module):
     """The Lightning students of every layer (``bank[i]`` is layer i's; state-dict keys ``"<i>.q_proj.weight"``).
 
     ``bank(inputs)`` runs student i on ``inputs[i]`` (the mixer's positional arguments) and returns their outputs:
-    one call through the bank, so that under FSDP2 the bank is the root that gathers each student in turn."""
+    one call through the bank, so that under FSDP2 the bank is the root that gathers each student in turn. A plain
+    Module with children "0", "1", … rather than an ``nn.ModuleList``: torch 2.11's ``fully_shard`` refuses any
+    ModuleList as a root, even one with a ``forward`` (2.13 accepts it)."""
+
+    def __init__(self, students: Iterable[nn.Module]):
+        super().__init__()
+        for i, student in enumerate(students):
+            self.add_module(str(i), student)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx: int) -> nn.Module:
+        if not -len(self) <= idx < len(self):
+            raise IndexError(f"student {idx} out of range for a bank of {len(self)}")
+        return self._modules[str(idx % len(self))]
 
     def forward(self, inputs: list[tuple]) -> list[torch.Tensor]:
         if len(inputs) != len(self):
