@@ -2,7 +2,7 @@
 
     python scripts/rl_learning.py [--out runs/rl/learning-demo] [--minutes 8.5] [key=value ...]
 
-1. synth: FuzzyNeedle, MultiNeedle and KeyChain records at ≤ 4K tokens from the built-in world, with the policy's
+1. synth: the recipe's datasets (FuzzyNeedle and KeyChain at ≤ 2K tokens) from the built-in world, with the policy's
    tokenizer — the GRPO set (seed 0; train / held-out split by record id) and a disjoint warm-up set (seed 1), built
    in parallel processes;
 2. warm-up: answer-only SFT on the warm-up set (the tiny teacher is a base model that never saw this answer format

@@ -131,8 +131,9 @@ def test_grpo_time_budget_stops_early_and_still_evaluates(tmp_path, tokenizer, t
 
 def test_demo_recipes_load():
     cfg = load_recipe(GRPOConfig, ROOT / "recipes" / "rl" / "learning-demo.yaml")
-    assert cfg.data.max_tokens <= 4096 and cfg.data.datasets == ["FuzzyNeedle", "MultiNeedle", "KeyChain"]
-    assert 8 <= cfg.group_size <= 16 and set(cfg.reward_overrides.values()) == {"f1"}
+    # the demonstration: a retrieval dataset and KeyChain at <= 4K tokens, with binary rewards
+    assert cfg.data.max_tokens <= 4096 and cfg.data.datasets == ["FuzzyNeedle", "KeyChain"]
+    assert 8 <= cfg.group_size <= 16 and set(cfg.reward_overrides.values()) == {"exact_match"}
     warm = load_recipe(WarmupConfig, ROOT / "recipes" / "rl" / "learning-warmup.yaml")
     assert warm.seed != cfg.seed and 0 < warm.target_reward < 0.5
 
