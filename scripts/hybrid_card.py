@@ -33,7 +33,7 @@ def ship(run: Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if (run / "model" / name).is_file():
             shutil.copy(run / "model" / name, tmp / name)
-    for name in ("report.json", "report.md", "report_losses.png"):
+    for name in ("report.json", "report.md", "report_losses.png", "report_ruler.png", "report_selection.png"):
         if (run / name).is_file():
             shutil.copy(run / name, tmp / f"conversion_{name}")
     shutil.rmtree(ASSET, ignore_errors=True)
