@@ -362,10 +362,10 @@ def _fallback_reason(q: Tensor, k: Tensor, v: Tensor) -> str | None:
 KERNEL_ENV = "LONGFORGE_SPARSE_KERNEL"
 KERNEL_CHOICES = ("auto", "tile", "split", "token")
 # "auto" takes the tile kernel when its union of blocks is small against the tokens' own lists: it visits
-# sum |U| blocks with BLOCK_T * G rows where the per-token kernel visits sum cnt blocks with G rows. A first
-# estimate (the per-token kernel is L2-bandwidth-bound at ~4.5 ns per 64-key block visit; a 128-row tile visit
-# is ~2.3x that on the tensor cores) puts the break-even near 0.43; scripts/gpu/sparsekernel.sh measures both.
-TILE_MAX_UNION_RATIO = 0.4
+# sum |U| blocks with BLOCK_T * G rows where the per-token kernel visits sum cnt blocks with G rows. Measured on
+# the H200 with 4-token tiles (SALA shape, bf16): at a ratio of 0.66 the tile kernel is still a little faster
+# (103 vs 108 ms at 128K), at 0.69 even (243 vs 239 ms at 256K), at 0.32 2.2x faster (48.6 vs 105.8 ms).
+TILE_MAX_UNION_RATIO = 0.6
 _TILE_SAMPLE = 256  # tiles sampled to estimate the union ratio before building every tile's union
 
 
