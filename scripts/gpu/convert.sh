@@ -26,6 +26,7 @@ COMMON="--config recipes/convert/tiny-sala.yaml --no-progress"
 # + 229,376 = 2,195,456 tokens after rounding to whole steps. B also distils on a retrieval-heavy mix.
 BUDGET="stage1.tokens=200000 stage2.tokens=1750000 stage2.seq_len=2048 stage2.batch_size=8 stage3.tokens=229376"
 A=sala-E; B=sala-F
+LIMIT=$(( LIMIT - SECONDS - 20 ))   # CONVERT_LIMIT counts from the script's start; 20 s stay for picking and copying
 (CUDA_VISIBLE_DEVICES=$GPU_A timeout $LIMIT python3 -m longforge.cli convert $COMMON --out $W/$A --attn-ratio 0.5 $EVAL \
    $BUDGET > $O/$A.log 2>&1; echo "$A rc=$?" >> $O/$A.log) &
 (CUDA_VISIBLE_DEVICES=$GPU_B timeout $LIMIT python3 -m longforge.cli convert $COMMON --out $W/$B --attn-ratio 0.5 $EVAL \
