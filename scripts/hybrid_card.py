@@ -109,8 +109,8 @@ def card(run: Path, demo: dict | None, sweep: dict | None) -> str:
                   + f" → `{hype['chosen']}`."]  # fmt: skip
     if sweep is not None:
         sel = sweep["runs"]["tiny-sala"]["selection"]
-        lines += ["", "An earlier layer-selection sweep (HALO score, measured on an H200: RULER niah_single_2 / niah_multikey_1 / "
-                  "niah_multivalue / vt at 2K with only layer i converted, C = −held-out loss):", "",
+        lines += ["", "An earlier layer-selection sweep (HALO score, measured on an H200: RULER niah_single_2 / "
+                  "niah_multikey_1 / niah_multivalue / vt at 2K with only layer i converted, C = −held-out loss):", "",
                   "| layer | " + " | ".join(str(i) for i in range(len(sel["scores"]))) + " |",
                   "|---|" + "---|" * len(sel["scores"]),
                   "| R_i | " + " | ".join(f"{r:.1f}" for r in sel["retrieval"]) + " |",
