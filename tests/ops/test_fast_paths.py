@@ -512,6 +512,7 @@ import warnings
 from longforge.ops.sparse_attention import fast, triton_tile, triton_topk
 def boom(*a, **k):
     raise RuntimeError("simulated compile failure")
+orig_topk, orig_tile = triton_topk.select_topk, triton_tile.triton_sparse_attention_tile
 triton_topk.select_topk = boom
 triton_tile.triton_sparse_attention_tile = boom
 fast.union_ratio = lambda *a, **k: 0.0
@@ -525,6 +526,21 @@ assert torch.equal(idx2, idx) and torch.equal(cnt2, cnt)
 assert rel(out, naive_sparse_attention(q, k, v, dense_len=0, **cfg)) < 1e-5
 text = " ".join(str(w.message) for w in caught)
 assert "fused Triton top-k failed" in text and "tile kernel failed" in text, text
+# 6. ... and a kernel that runs but computes wrong results: the one-time self-check under "auto" catches it
+fast._kernel_failed.clear(); fast._kernel_checked.clear(); fast._warned.clear()
+def wrong_topk(*a, **k):
+    idx, cnt = orig_topk(*a, **k)
+    return torch.where(idx == idx.amax(-1, keepdim=True), idx - 1, idx), cnt  # one block off in every row
+triton_topk.select_topk = wrong_topk
+triton_tile.triton_sparse_attention_tile = lambda q, k, v, *a: torch.zeros_like(q[..., : v.shape[-1]])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    idx3, cnt3 = select_block_indices(q, compress_keys(k, 8, 4), num_keys=120, **cfg)
+    out3 = fast_sparse_attention(q, k, v, dense_len=0, **cfg)
+assert torch.equal(idx3, idx) and torch.equal(cnt3, cnt)
+assert rel(out3, naive_sparse_attention(q, k, v, dense_len=0, **cfg)) < 1e-5
+text = " ".join(str(w.message) for w in caught)
+assert "top-k self-check" in text and "tile self-check" in text, text
 print("interpreted tile kernel ok")
 """
 

@@ -32,7 +32,6 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..modules import apply_rotary, hype_logit_scale
 from ..ops.attention.naive import masked_softmax
 from ..ops.sparse_attention import num_compressed
 from .static_attention import decode_attention, masked_group_attention
@@ -152,31 +151,13 @@ class StaticDecodeState:
 
 # ------------------------------------------------------------------------------------------------------- the mixers
 def _softmax_qkv(attn, x: Tensor, rope, position_ids: Tensor):
-    """q [B, 1, H, D], k, v [B, 1, Hkv, D] of a `SoftmaxAttention` for one token (its forward's prelude)."""
-    B, T, _ = x.shape
-    q = attn.q_proj(x).view(B, T, attn.num_heads, attn.head_dim)
-    k = attn.k_proj(x).view(B, T, attn.num_kv_heads, attn.head_dim)
-    v = attn.v_proj(x).view(B, T, attn.num_kv_heads, attn.head_dim)
-    if attn.q_norm is not None:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    if attn.use_rope:
-        cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    if attn.logit_scaling is not None:  # inference: always applied (eval mode)
-        kind, value = attn.logit_scaling
-        if kind == "hype":
-            q = q * hype_logit_scale(position_ids, value).to(q.dtype)[:, :, None, None]
-        else:
-            q = q * value
-    return q.to(v.dtype), k.to(v.dtype), v
+    """q [B, 1, H, D], k, v [B, 1, Hkv, D] of a `SoftmaxAttention` for one token (its forward's prelude; eval mode,
+    so the attention-logit scaling always applies)."""
+    return attn.project_qkv(x, rope, position_ids)
 
 
 def _softmax_out(attn, x: Tensor, o: Tensor) -> Tensor:
-    B = x.shape[0]
-    o = o.reshape(B, 1, attn.num_heads * attn.head_dim)
-    if attn.o_gate is not None:
-        o = o * torch.sigmoid(attn.o_gate(x))
-    return attn.o_proj(o)
+    return attn.project_out(x, o)
 
 
 def _full_step(attn, x, rope, position_ids, st: _FullState, pos: Tensor) -> Tensor:
@@ -285,28 +266,15 @@ def _sparse_step(attn, x, rope, position_ids, st: _SparseState, pos: Tensor, den
 
 
 def _lightning_step(mixer, x, rope, st: _LightningState) -> Tensor:
-    B, T, _ = x.shape
-    H, K = mixer.num_heads, mixer.head_dim
-    q = mixer.q_proj(x).view(B, T, H, K)
-    k = mixer.k_proj(x).view(B, T, H, K)
-    v = mixer.v_proj(x).view(B, T, H, K)
-    if mixer.q_norm is not None:
-        q, k = mixer.q_norm(q), mixer.k_norm(k)
-    cos, sin = rope
-    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    q, k = q.to(v.dtype), k.to(v.dtype)
+    K = mixer.head_dim
+    q, k, v = mixer.project_qkv(x, rope)
     # The recurrence of ops.linear_attention.lightning_recurrent, with the state updated in place.
     decay = torch.exp(mixer.g_gamma(x.device).float())[None, :, None, None]
     qf, kf, vf = q.float() * K**-0.5, k.float(), v.float()
     S = st.state
     S.mul_(decay).add_(kf[:, 0, :, :, None] * vf[:, 0, :, None, :])
     o = (qf[:, 0, :, None, :] @ S).squeeze(-2)  # [B, H, V]
-    o = o.to(q.dtype).reshape(B, 1, H * K)
-    if mixer.o_norm is not None:
-        o = mixer.o_norm(o)
-    if mixer.z_proj is not None:
-        o = o * torch.sigmoid(mixer.z_proj(x))
-    return mixer.o_proj(o)
+    return mixer.project_out(x, o.to(q.dtype))
 
 
 # ---------------------------------------------------------------------------------------------------------- the step

@@ -50,6 +50,21 @@ class SoftmaxAttention(nn.Module):
         attention_mask: torch.Tensor | None,
         cache_layer=None,
     ) -> torch.Tensor:
+        q, k, v = self.project_qkv(x, position_embeddings, position_ids)
+        if self.layer_type == "sparse_attention":
+            o = self._sparse(q, k, v, attention_mask, cache_layer)
+        else:
+            if cache_layer is not None:
+                k, v = cache_layer.update(k, v)
+            key_mask = None if attention_mask is None else attention_mask[:, -k.shape[1] :]
+            window = self.config.sliding_window if self.layer_type == "sliding_attention" else None
+            o = attention_op.attention(q, k, v, causal=True, window=window, key_padding_mask=key_mask)
+
+        return self.project_out(x, o)
+
+    def project_qkv(self, x: torch.Tensor, position_embeddings, position_ids: torch.Tensor):
+        """q [B, T, H, D], k, v [B, T, Hkv, D] of ``x`` [B, T, hidden]: projections, qk-norm, RoPE (if this layer
+        uses it) and the attention-logit scaling, in v's dtype (also the static decode step's prelude)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
@@ -65,18 +80,12 @@ class SoftmaxAttention(nn.Module):
                 q = q * hype_logit_scale(position_ids, value).to(q.dtype)[:, :, None, None]
             else:
                 q = q * value
-
         # Norms and rotary run in fp32 under autocast; the attention kernels want one dtype: the activations' (v's).
-        q, k = q.to(v.dtype), k.to(v.dtype)
-        if self.layer_type == "sparse_attention":
-            o = self._sparse(q, k, v, attention_mask, cache_layer)
-        else:
-            if cache_layer is not None:
-                k, v = cache_layer.update(k, v)
-            key_mask = None if attention_mask is None else attention_mask[:, -k.shape[1] :]
-            window = self.config.sliding_window if self.layer_type == "sliding_attention" else None
-            o = attention_op.attention(q, k, v, causal=True, window=window, key_padding_mask=key_mask)
+        return q.to(v.dtype), k.to(v.dtype), v
 
+    def project_out(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """The output gate and W_o on the attention output ``o`` [B, T, H, D] (or [B, T, H·D])."""
+        B, T, _ = x.shape
         o = o.reshape(B, T, self.num_heads * self.head_dim)
         if self.o_gate is not None:
             o = o * torch.sigmoid(self.o_gate(x))

@@ -59,15 +59,7 @@ class LightningAttention(nn.Module):
         cache_layer=None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = position_embeddings
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        # Norms and rotary run in fp32 under autocast; the kernels want one dtype: the activations' (v's).
-        q, k = q.to(v.dtype), k.to(v.dtype)
+        q, k, v = self.project_qkv(x, position_embeddings)
         if attention_mask is not None:
             real = attention_mask[:, -T:].to(k.dtype)[:, :, None, None]
             k, v = k * real, v * real
@@ -83,6 +75,25 @@ class LightningAttention(nn.Module):
         )
         if cache_layer is not None:
             cache_layer.state = final_state
+        return self.project_out(x, o)
+
+    def project_qkv(self, x: torch.Tensor, position_embeddings):
+        """q, k, v [B, T, H, D] of ``x``: projections, qk-norm and RoPE, in v's dtype (also the static decode
+        step's prelude)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = position_embeddings
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # Norms and rotary run in fp32 under autocast; the kernels want one dtype: the activations' (v's).
+        return q.to(v.dtype), k.to(v.dtype), v
+
+    def project_out(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Output norm, output gate and W_o on the mixer output ``o`` [B, T, H, D] (or [B, T, H·D])."""
+        B, T, _ = x.shape
         o = o.reshape(B, T, self.num_heads * self.head_dim)
         if self.o_norm is not None:
             o = self.o_norm(o)

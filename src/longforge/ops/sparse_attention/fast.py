@@ -51,6 +51,21 @@ _MAX_HEAD_DIM = 256
 _warned: set[str] = set()
 _blockscore_failed: list[str] = []  # the bf16 block scorer raised once here: "auto" stops choosing it
 _kernel_failed: list[str] = []  # the fused top-k or the tile kernel raised once here: "auto" stops choosing them
+# Under "auto" each new kernel checks itself once per process against the path it replaces, on its first real
+# input (the fused top-k: exactly the same selection; the tile kernel: the per-token kernel's output up to bf16
+# summation order); a mismatch is recorded in _kernel_failed and "auto" stops choosing it.
+_kernel_checked: set[str] = set()
+
+
+def _same_selection(fused: tuple[Tensor, Tensor], reference: Tensor) -> bool:
+    """The fused top-k's (idx ascending, -1 padded; cnt) against the PyTorch path's unsorted ids (-1 = none)."""
+    big = torch.iinfo(torch.int32).max
+    ref = torch.where(reference >= 0, reference, big).to(torch.int32).sort(dim=-1).values
+    got = torch.where(fused[0] >= 0, fused[0], big).to(torch.int32)
+    width = max(ref.shape[-1], got.shape[-1])
+    ref = torch.nn.functional.pad(ref, (0, width - ref.shape[-1]), value=big)
+    got = torch.nn.functional.pad(got, (0, width - got.shape[-1]), value=big)
+    return bool(torch.equal(ref, got)) and bool(torch.equal((ref != big).sum(-1).to(fused[1].dtype), fused[1]))
 
 
 def _env_choice(name: str) -> str:
@@ -286,6 +301,13 @@ def select_block_indices(
                     window_size, scale, use_triton)
             try:
                 part = _select_chunk_indices(*args, fused_topk=fused)
+                if fused and _env_choice(TOPK_ENV) == "auto" and "top-k" not in _kernel_checked:
+                    _kernel_checked.add("top-k")
+                    if not _same_selection(part, _select_chunk_indices(*args, fused_topk=False)):
+                        _kernel_failed.append("top-k self-check: the fused selection differs from torch.topk's")
+                        _warn_once(f"sparse_attention: {_kernel_failed[-1]}; using the PyTorch top-k")
+                        fused = False
+                        part = _select_chunk_indices(*args, fused_topk=False)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as err:  # noqa: BLE001 - the fused top-k failed to compile / run: "auto" falls back
@@ -413,7 +435,21 @@ def sparse_attend(qs: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, sc
         tile_failed = any(m.startswith("tile") for m in _kernel_failed)
         if not tile_failed and union_ratio(idx, cnt, block_t, sample=_TILE_SAMPLE) <= TILE_MAX_UNION_RATIO:
             try:
-                return triton_sparse_attention_tile(qs, k, v, idx, cnt, scale, block_size, block_t)
+                o = triton_sparse_attention_tile(qs, k, v, idx, cnt, scale, block_size, block_t)
+                if "tile" in _kernel_checked:
+                    return o
+                _kernel_checked.add("tile")
+                from .triton_kernel import triton_sparse_attention
+
+                with torch.no_grad():
+                    ref = triton_sparse_attention(qs, k, v, idx, cnt, scale, block_size).float()
+                    err = (o.detach().float() - ref).abs().max().item()
+                    rel = 2e-2 if qs.dtype in (torch.bfloat16, torch.float16) else 1e-4
+                    tol = rel * max(1.0, ref.abs().max().item())
+                if err <= tol:
+                    return o
+                _kernel_failed.append(f"tile self-check: max |tile - per-token| = {err:.3g} > {tol:.3g}")
+                _warn_once(f"sparse_attention: {_kernel_failed[-1]}; using the per-token kernel")
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as err:  # noqa: BLE001 - compile / launch failure: "auto" takes the per-token kernel

@@ -298,6 +298,14 @@ def merge_partials(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[
     return o, lse
 
 
+def _per_token_backward(ctx, do) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv of the tile / split forwards: the per-token kernel's backward from the saved ``o`` and ``lse``."""
+    from .triton_kernel import sparse_bwd
+
+    q, k, v, o, lse, idx, cnt = ctx.saved_tensors
+    return sparse_bwd(q, k, v, o, lse, do, idx, cnt, ctx.scale, ctx.block_size)
+
+
 class SplitSparseAttentionFunction(torch.autograd.Function):
     """Forward: the tile kernel over each tile's shared blocks + the per-token kernel over every token's other
     blocks, merged by log-sum-exp; backward: the per-token kernel over the full selection from the merged lse."""
@@ -317,11 +325,7 @@ class SplitSparseAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        from .triton_kernel import sparse_bwd
-
-        q, k, v, o, lse, idx, cnt = ctx.saved_tensors
-        dq, dk, dv = sparse_bwd(q, k, v, o, lse, do, idx, cnt, ctx.scale, ctx.block_size)
-        return dq, dk, dv, None, None, None, None, None
+        return (*_per_token_backward(ctx, do), None, None, None, None, None)
 
 
 def triton_sparse_attention_split(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, scale: float,
@@ -345,11 +349,7 @@ class TileSparseAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        from .triton_kernel import sparse_bwd
-
-        q, k, v, o, lse, idx, cnt = ctx.saved_tensors
-        dq, dk, dv = sparse_bwd(q, k, v, o, lse, do, idx, cnt, ctx.scale, ctx.block_size)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+        return (*_per_token_backward(ctx, do), None, None, None, None, None, None, None, None)
 
 
 def triton_sparse_attention_tile(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, scale: float,
