@@ -127,17 +127,6 @@ with torch.no_grad():
     for w, st in ((4, 2), (8, 2), (8, 3)):
         rec(f"sparse Triton kernel num_warps={w} num_stages={st}", T,
             lambda: sparse_fwd(qsc, k, v, idx, cnt, 128**-0.5, 64, num_warps=w, num_stages=st), 2, 1)
-    try:  # the experimental transposed kernel (M = keys / value dim for the MMA): same output?
-        o_ref = sparse_fwd(qsc, k, v, idx, cnt, 128**-0.5, 64)[0]
-        o_t = sparse_fwd(qsc, k, v, idx, cnt, 128**-0.5, 64, transposed=True)[0]
-        err = ((o_t.float() - o_ref.float()).abs().max() / o_ref.float().abs().max()).item()
-        rows.append({"what": "transposed sparse kernel vs default: max rel. diff", "T": T, "ms": None, "note": f"{err:.2e}"})
-        del o_ref, o_t
-    except Exception as e:  # noqa: BLE001
-        rows.append({"what": "transposed sparse kernel", "T": T, "ms": None, "error": f"{type(e).__name__}: {e}"[:300]})
-    for w, st in ((4, 2), (8, 2)):
-        rec(f"sparse Triton kernel TRANSPOSED num_warps={w} num_stages={st}", T,
-            lambda: sparse_fwd(qsc, k, v, idx, cnt, 128**-0.5, 64, transposed=True, num_warps=w, num_stages=st), 2, 1)
     del idx, cnt
 
 print(save())

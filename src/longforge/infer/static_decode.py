@@ -150,32 +150,22 @@ class StaticDecodeState:
 
 
 # ------------------------------------------------------------------------------------------------------- the mixers
-def _softmax_qkv(attn, x: Tensor, rope, position_ids: Tensor):
-    """q [B, 1, H, D], k, v [B, 1, Hkv, D] of a `SoftmaxAttention` for one token (its forward's prelude; eval mode,
-    so the attention-logit scaling always applies)."""
-    return attn.project_qkv(x, rope, position_ids)
-
-
-def _softmax_out(attn, x: Tensor, o: Tensor) -> Tensor:
-    return attn.project_out(x, o)
-
-
 def _full_step(attn, x, rope, position_ids, st: _FullState, pos: Tensor) -> Tensor:
-    q, k, v = _softmax_qkv(attn, x, rope, position_ids)
+    q, k, v = attn.project_qkv(x, rope, position_ids)
     st.k.index_copy_(1, pos.view(1), k)
     st.v.index_copy_(1, pos.view(1), v)
-    return _softmax_out(attn, x, decode_attention(q, st.k, st.v, pos))
+    return attn.project_out(x, decode_attention(q, st.k, st.v, pos))
 
 
 def _sliding_step(attn, x, rope, position_ids, st: _SlidingState, pos: Tensor) -> Tensor:
-    q, k, v = _softmax_qkv(attn, x, rope, position_ids)
+    q, k, v = attn.project_qkv(x, rope, position_ids)
     W = st.k.shape[1]
     st.k.index_copy_(1, (pos % W).view(1), k)
     st.v.index_copy_(1, (pos % W).view(1), v)
     # Slot i holds position pos - ((pos - i) mod W): visible unless that is before the first token.
     visible = ((pos - torch.arange(W, device=x.device)) % W) <= pos
     o = masked_group_attention(q, st.k.transpose(1, 2), st.v.transpose(1, 2), visible, attn.head_dim**-0.5)
-    return _softmax_out(attn, x, o.to(q.dtype))
+    return attn.project_out(x, o.to(q.dtype))
 
 
 def select_block_slots(q: Tensor, kc: Tensor, pos: Tensor, *, num_blocks: int, block_size: int, kernel_size: int,
@@ -235,7 +225,7 @@ def select_block_slots(q: Tensor, kc: Tensor, pos: Tensor, *, num_blocks: int, b
 
 def _sparse_step(attn, x, rope, position_ids, st: _SparseState, pos: Tensor, dense: bool) -> Tensor:
     cfg = attn.config
-    q, k, v = _softmax_qkv(attn, x, rope, position_ids)
+    q, k, v = attn.project_qkv(x, rope, position_ids)
     st.k.index_copy_(1, pos.view(1), k)
     st.v.index_copy_(1, pos.view(1), v)
     L = st.k.shape[1]
@@ -248,7 +238,7 @@ def _sparse_step(attn, x, rope, position_ids, st: _SparseState, pos: Tensor, den
     scale = attn.head_dim**-0.5
     if dense:  # the query's t + 1 < dense_len: dense causal attention over the rows it can reach
         o = decode_attention(q, st.k, st.v, pos, limit=min(L, cfg.sparse_dense_len))
-        return _softmax_out(attn, x, o)
+        return attn.project_out(x, o)
     Bs = cfg.sparse_block_size
     blocks, valid = select_block_slots(
         q, st.kc, pos, num_blocks=math.ceil(L / Bs), block_size=Bs, kernel_size=l_, kernel_stride=s_,
@@ -262,7 +252,7 @@ def _sparse_step(attn, x, rope, position_ids, st: _SparseState, pos: Tensor, den
     hi = torch.arange(Hkv, device=x.device)[None, :, None]
     ks, vs = st.k[bi, tok, hi], st.v[bi, tok, hi]  # [B, Hkv, S * Bs, D], gathered selected blocks
     o = masked_group_attention(q, ks, vs, tok_ok, scale)
-    return _softmax_out(attn, x, o.to(q.dtype))
+    return attn.project_out(x, o.to(q.dtype))
 
 
 def _lightning_step(mixer, x, rope, st: _LightningState) -> Tensor:

@@ -26,6 +26,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .triton_select import gqa_rows
+
 _LOG2E = 1.4426950408889634
 
 
@@ -45,10 +47,7 @@ def _lse_kernel(
     b = bh // HKV
     hk = bh % HKV
     R: tl.constexpr = BLOCK_M * BLOCK_G
-    r = tl.arange(0, R)
-    tok = mt * BLOCK_M + r // BLOCK_G
-    g = r % BLOCK_G
-    row_ok = (tok < C) & (g < G)
+    tok, g, row_ok = gqa_rows(mt, C, G, BLOCK_M, BLOCK_G)
     pos = pos0 + tok
     offs_d = tl.arange(0, BLOCK_D)
     q = tl.load(Q + b * s_qb + tok[:, None] * s_qt + (hk * G + g)[:, None] * s_qh + offs_d[None, :],
@@ -89,12 +88,8 @@ def _blockscore_kernel(
     bh = tl.program_id(1).to(tl.int64)
     b = bh // HKV
     hk = bh % HKV
-    R: tl.constexpr = BLOCK_M * BLOCK_G
     NBT: tl.constexpr = BLOCK_C // RATIO
-    r = tl.arange(0, R)
-    tok = mt * BLOCK_M + r // BLOCK_G
-    g = r % BLOCK_G
-    row_ok = (tok < C) & (g < G)
+    tok, g, row_ok = gqa_rows(mt, C, G, BLOCK_M, BLOCK_G)
     pos = pos0 + tok
     offs_d = tl.arange(0, BLOCK_D)
     q = tl.load(Q + b * s_qb + tok[:, None] * s_qt + (hk * G + g)[:, None] * s_qh + offs_d[None, :],

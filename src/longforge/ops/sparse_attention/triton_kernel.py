@@ -95,77 +95,6 @@ def _sparse_fwd_kernel(
 
 
 @triton.jit
-def _sparse_fwd_t_kernel(
-    Q, K, V, O, LSE, IDX, CNT,
-    scale,
-    s_qb, s_qt, s_qh,
-    s_kb, s_kt, s_kh,
-    s_vb, s_vt, s_vh,
-    s_ob, s_ot, s_oh,
-    s_lb, s_lh,
-    s_ib, s_ih, s_it,
-    s_cb, s_ch,
-    Tq, Tk, HKV, G, D, DV, S: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, IEEE: tl.constexpr,
-):
-    """``_sparse_fwd_kernel`` computed transposed (experimental, opt-in): scores as ``K q^T`` [BLOCK_N, heads] and
-    the output as ``V^T P^T`` [Dv, heads], so the MMA's M dimension is the 64 keys / the value dim instead of the
-    16 query heads (Hopper's warpgroup MMA needs M >= 64). Same masking, same online softmax (along axis 0)."""
-    t = tl.program_id(0).to(tl.int64)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // HKV
-    hk = bh % HKV
-    pos = Tk - Tq + t
-    offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    offs_n = tl.arange(0, BLOCK_N)
-    hmask = offs_h < G
-    dmask = offs_d < D
-    dvmask = offs_dv < DV
-    heads = hk * G + offs_h
-    qt = tl.load(Q + b * s_qb + t * s_qt + heads[None, :] * s_qh + offs_d[:, None],
-                 mask=hmask[None, :] & dmask[:, None], other=0.0)  # [BLOCK_D, BLOCK_H]
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_DV, BLOCK_H], tl.float32)
-    cnt = tl.load(CNT + b * s_cb + hk * s_ch + t)
-    for s in range(0, S):
-        blk = tl.load(IDX + b * s_ib + hk * s_ih + t * s_it + s).to(tl.int64)
-        blk_ok = (s < cnt) & (blk >= 0)
-        for n0 in range(0, BLOCK_SIZE, BLOCK_N):
-            in_blk = (n0 + offs_n) < BLOCK_SIZE
-            keys = blk * BLOCK_SIZE + n0 + offs_n
-            kmask = in_blk & (keys <= pos) & (keys < Tk) & blk_ok
-            k = tl.load(K + b * s_kb + keys[:, None] * s_kt + hk * s_kh + offs_d[None, :],
-                        mask=kmask[:, None] & dmask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-            if IEEE:
-                sc = tl.dot(k, qt, input_precision="ieee")
-            else:
-                sc = tl.dot(k, qt)  # [BLOCK_N, BLOCK_H]
-            sc = tl.where(kmask[:, None], sc * scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(sc, 0))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m_i - m_safe)
-            p = tl.exp(sc - m_safe[None, :])
-            l_i = l_i * alpha + tl.sum(p, 0)
-            vt = tl.load(V + b * s_vb + keys[None, :] * s_vt + hk * s_vh + offs_dv[:, None],
-                         mask=kmask[None, :] & dvmask[:, None], other=0.0)  # [BLOCK_DV, BLOCK_N]
-            if IEEE:
-                acc = acc * alpha[None, :] + tl.dot(vt, p, input_precision="ieee")
-            else:
-                acc = acc * alpha[None, :] + tl.dot(vt, p.to(vt.dtype))
-            m_i = m_new
-    has = l_i > 0
-    o = acc / tl.where(has, l_i, 1.0)[None, :]
-    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("inf"))
-    tl.store(O + b * s_ob + t * s_ot + heads[None, :] * s_oh + offs_dv[:, None], o.to(O.dtype.element_ty),
-             mask=hmask[None, :] & dvmask[:, None])
-    tl.store(LSE + b * s_lb + heads * s_lh + t, lse, mask=hmask)
-
-
-@triton.jit
 def _sparse_bwd_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, DK, DV_, IDX, CNT,
     scale,
@@ -258,17 +187,16 @@ def _meta(q: Tensor, k: Tensor, v: Tensor, block_size: int) -> dict:
 
 
 def sparse_fwd(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, cnt: Tensor, scale: float, block_size: int,
-               transposed: bool = False, **launch):
-    """Forward kernel; ``launch`` optionally sets Triton's ``num_warps`` / ``num_stages`` and ``transposed`` picks
-    the experimental ``_sparse_fwd_t_kernel`` (benchmarks compare them; the default path uses neither)."""
+               **launch):
+    """Forward kernel; ``launch`` optionally sets Triton's ``num_warps`` / ``num_stages`` (benchmarks compare them;
+    the default path uses neither)."""
     B, Tq, H, D = q.shape
     Tk, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
     o = torch.empty(B, Tq, H, Dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)
     if Tq == 0:
         return o, lse
-    kernel = _sparse_fwd_t_kernel if transposed else _sparse_fwd_kernel
-    kernel[(Tq, B * Hkv)](
+    _sparse_fwd_kernel[(Tq, B * Hkv)](
         q, k, v, o, lse, idx, cnt, scale,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),

@@ -29,6 +29,16 @@ from torch import Tensor
 
 
 @triton.jit
+def gqa_rows(mt, C, G, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The rows of a program's tile: row r = (token ``mt * BLOCK_M + r // BLOCK_G``, head ``g = r % BLOCK_G`` of the
+    GQA group); returns (tok, g, row_ok) with row_ok false for tokens past ``C`` and heads past ``G``."""
+    r = tl.arange(0, BLOCK_M * BLOCK_G)
+    tok = mt * BLOCK_M + r // BLOCK_G
+    g = r % BLOCK_G
+    return tok, g, (tok < C) & (g < G)
+
+
+@triton.jit
 def _lse_partial_kernel(
     Q, KC, PM, PS,
     scale, pos0,
@@ -45,10 +55,7 @@ def _lse_partial_kernel(
     b = bh // HKV
     hk = bh % HKV
     R: tl.constexpr = BLOCK_M * BLOCK_G
-    r = tl.arange(0, R)
-    tok = mt * BLOCK_M + r // BLOCK_G
-    g = r % BLOCK_G
-    row_ok = (tok < C) & (g < G)
+    tok, g, row_ok = gqa_rows(mt, C, G, BLOCK_M, BLOCK_G)
     pos = pos0 + tok
     j = ct * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_d = tl.arange(0, BLOCK_D)
@@ -96,11 +103,7 @@ def _group_prob_kernel(
     bh = tl.program_id(2).to(tl.int64)
     b = bh // HKV
     hk = bh % HKV
-    R: tl.constexpr = BLOCK_M * BLOCK_G
-    r = tl.arange(0, R)
-    tok = mt * BLOCK_M + r // BLOCK_G
-    g = r % BLOCK_G
-    row_ok = (tok < C) & (g < G)
+    tok, g, row_ok = gqa_rows(mt, C, G, BLOCK_M, BLOCK_G)
     pos = pos0 + tok
     j = ct * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_d = tl.arange(0, BLOCK_D)

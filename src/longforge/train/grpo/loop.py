@@ -63,7 +63,8 @@ class GRPOTrainer:
         if cfg.policy.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model.train()
-        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.beta > 0 else None
+        self.ref_model = None
+        self.reset_reference()
         records = list(records) if records is not None else load_rl_records(cfg.data, tokenizer, cfg.seed)
         self.eval_records = [r for r in records if is_heldout(r.id, cfg.data.eval_fraction)]
         self.train_records = [r for r in records if not is_heldout(r.id, cfg.data.eval_fraction)]
