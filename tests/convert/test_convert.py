@@ -20,7 +20,7 @@ from longforge.convert import (
     parse_tokens,
     selection_scores,
 )
-from longforge.convert.models import load_teacher, one_layer_converted, student_config
+from longforge.convert.models import load_teacher, one_layer_converted, one_layer_nope, student_config
 
 
 def tiny_config(teacher_dir, corpus_file, out, **overrides) -> ConvertConfig:
@@ -64,6 +64,38 @@ def test_selection_score_on_hand_made_numbers():
         selection_scores([1.0], [1.0, 2.0])
 
 
+def test_hype_selection_score_uses_nope_retrieval():
+    # The tiny teacher's pattern: layer 1 is a previous-token layer (NoPE kills retrieval, N = 0), layer 5 the
+    # retrieval layer (NoPE keeps it, N = 100; converting it to Lightning kills it, R = 1).
+    retrieval = [70.0, 45.0, 99.0, 99.0, 99.0, 1.0, 98.0, 97.0]
+    nope = [0.0, 0.0, 100.0, 95.0, 100.0, 100.0, 100.0, 100.0]
+    general = [-2.1, -2.0, -2.0, -2.0, -2.0, -2.0, -2.0, -2.0]
+    halo = selection_scores(retrieval, general)
+    hype = selection_scores(retrieval, general, kept_retrieval=nope)
+    assert halo[1] == 50.0 and hype[1] < 0  # HALO keeps the previous-token layer; HyPE mode converts it
+    assert hype[5] == 50.0 and hype[0] < 0
+    # (N − R) / (max C − C + 1e-10): layer 6: 2 / 1e-10 → capped
+    assert hype[6] == 50.0 and hype[3] < 0
+    drop = [n - r for n, r in zip(nope, retrieval)]
+    assert kept_layers(halo, 0.5, "sala", [99.0 - r for r in retrieval]) == [0, 1, 5, 7]
+    assert kept_layers(hype, 0.5, "sala", drop) == [0, 5, 6, 7]
+    with pytest.raises(ValueError, match="one N per layer"):
+        selection_scores([1.0, 2.0], [1.0, 2.0], kept_retrieval=[1.0])
+
+
+def test_one_layer_nope_drops_rope_of_that_layer_only(teacher_dir):
+    teacher = load_teacher(str(teacher_dir), dtype=torch.float32).eval()
+    ids = torch.randint(0, teacher.config.vocab_size, (1, 24))
+    with torch.no_grad():
+        base = teacher(ids).logits
+        with one_layer_nope(teacher, 1) as probe:
+            assert not probe.model.layers[1].mixer.use_rope and probe.model.layers[0].mixer.use_rope
+            changed = probe(ids).logits
+        again = teacher(ids).logits
+    assert not torch.allclose(base, changed) and torch.equal(base, again)
+    assert teacher.model.layers[1].mixer.use_rope
+
+
 def test_parse_tokens():
     assert parse_tokens("600K") == 600_000 and parse_tokens("1.5M") == 1_500_000 and parse_tokens("42") == 42
     with pytest.raises(ValueError, match="token count"):
@@ -81,6 +113,7 @@ def test_parse_tokens():
         ("hybrid", {"layer_types": "LLLL"}, "not overridable"),
         ("data", [], "empty list"),
         ("parallel", "ddp", "parallel must be one of fsdp, replicate"),
+        ("select", SelectSection(mode="jet"), "select.mode must be one of hype, halo"),
     ],
 )
 def test_config_validation(field, value, match):
@@ -198,8 +231,11 @@ def test_selection_sweep_and_hype_sweep(teacher_dir, corpus_file, tmp_path):
     cfg.select.layers = None
     report = convert(cfg, progress=False)
     sel = report["selection"]
-    assert len(sel["retrieval"]) == len(sel["general"]) == len(sel["scores"]) == 4
-    assert sel["scores"] == pytest.approx(selection_scores(sel["retrieval"], sel["general"]))
+    assert len(sel["retrieval"]) == len(sel["general"]) == len(sel["scores"]) == len(sel["nope_retrieval"]) == 4
+    assert sel["mode"] == "hype"
+    assert sel["scores"] == pytest.approx(
+        selection_scores(sel["retrieval"], sel["general"], kept_retrieval=sel["nope_retrieval"])
+    )
     assert len(sel["keep"]) == 2 and report["kept_attention_layers"] == sel["keep"]
     assert [h["attn_logit_scaling"] for h in report["hype"]["sweep"]] == [None, "hype 64"]
     assert report["attn_logit_scaling"] == report["hype"]["chosen"]

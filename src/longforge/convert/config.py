@@ -30,9 +30,18 @@ class StageSection:
     schedule: str = "cosine"
 
 
+SELECT_MODES = ("hype", "halo")
+
+
 @dataclass
 class SelectSection:
-    """Layer selection: score_i = min(50, (max R − R_i) / (max C − C_i + 1e-10)) (HALO §1.5)."""
+    """Layer selection: score_i = min(50, (top_i − R_i) / (max C − C_i + 1e-10)) (HALO §1.5), R_i and C_i measured
+    with only layer i converted to its Lightning student.
+
+    ``mode``: ``halo`` takes top_i = max R (the paper). ``hype`` (default) takes top_i = N_i, the retrieval with only
+    layer i made NoPE: a kept layer loses RoPE in a HyPE hybrid, so what keeping it buys is N_i − R_i, not
+    max R − R_i. A layer whose job needs positions (e.g. a previous-token head) scores below zero and is converted;
+    its RoPE Lightning student keeps more of that job than NoPE attention could. Costs one more RULER run per layer."""
 
     tasks: list[str] = field(default_factory=lambda: ["niah_single_2", "niah_multikey_1", "niah_multivalue", "vt"])
     length: int = 2048  # RULER context length of the retrieval score R_i
@@ -40,6 +49,7 @@ class SelectSection:
     loss_batches: int = 4  # held-out batches of the general score C_i = −(held-out LM loss)
     loss_seq_len: int = 512
     layers: list[int] | None = None  # skip the sweep and keep these layers as attention (ablations, known results)
+    mode: str = "hype"  # hype | halo (see the class docstring)
 
 
 @dataclass
@@ -133,6 +143,8 @@ class ConvertConfig:
             raise ValueError(
                 f"select: length >= 64, samples >= 1 and loss_batches >= 1 are required; got {self.select}"
             )
+        if self.select.mode not in SELECT_MODES:
+            raise ValueError(f"select.mode must be one of {', '.join(SELECT_MODES)}, got {self.select.mode!r}")
         if any(a <= 1.0 for a in self.hype.alphas):
             raise ValueError(f"hype.alphas must all be > 1 (log(t + a) / log(a)); got {self.hype.alphas}")
         if not self.hype.alphas and not self.hype.include_none:

@@ -145,6 +145,20 @@ def one_layer_converted(model: HybridForCausalLM, layer_idx: int, student: nn.Mo
         object.__setattr__(model.config, "layer_types", old_types)
 
 
+@contextlib.contextmanager
+def one_layer_nope(model: HybridForCausalLM, layer_idx: int) -> Iterator[HybridForCausalLM]:
+    """``model`` with only layer ``layer_idx``'s attention made NoPE (no RoPE on q and k), as HyPE keeps it."""
+    mixer = model.model.layers[layer_idx].mixer
+    if not hasattr(mixer, "use_rope"):
+        raise ValueError(f"layer {layer_idx} is a {type(mixer).__name__}, not softmax attention")
+    old = mixer.use_rope
+    mixer.use_rope = False
+    try:
+        yield model
+    finally:
+        mixer.use_rope = old
+
+
 def assemble_hybrid(
     teacher: HybridForCausalLM, students: nn.ModuleList, keep: list[int], recipe: str, extra: dict | None = None
 ) -> HybridForCausalLM:
@@ -199,10 +213,20 @@ def kept_layers(
     return sorted(forced + order[: count - len(forced)])
 
 
-def selection_scores(retrieval: list[float], general: list[float], cap: float = 50.0) -> list[float]:
+def selection_scores(
+    retrieval: list[float], general: list[float], cap: float = 50.0, kept_retrieval: list[float] | None = None
+) -> list[float]:
     """HALO's layer score: ``min(cap, (max R − R_i) / (max C − C_i + 1e-10))``: a layer matters when converting it
-    costs retrieval (R) much more than general quality (C). Higher = keep as attention."""
+    costs retrieval (R) much more than general quality (C). Higher = keep as attention.
+
+    ``kept_retrieval`` (the ``hype`` selection mode): N_i, the retrieval with only layer i's attention made NoPE —
+    the form a kept layer takes in a HyPE hybrid — replaces max R, so the numerator is what keeping layer i as NoPE
+    attention buys over its Lightning student: ``N_i − R_i``. It is negative for a layer whose job needs positions
+    (a previous-token head): as NoPE attention it would lose that job, while its RoPE Lightning student keeps part."""
     if len(retrieval) != len(general) or not retrieval:
         raise ValueError(f"need one R and one C per layer, got {len(retrieval)} and {len(general)}")
+    if kept_retrieval is not None and len(kept_retrieval) != len(retrieval):
+        raise ValueError(f"need one N per layer, got {len(kept_retrieval)} for {len(retrieval)} layers")
     r_max, c_max = max(retrieval), max(general)
-    return [min(cap, (r_max - r) / (c_max - c + 1e-10)) for r, c in zip(retrieval, general)]
+    tops = kept_retrieval if kept_retrieval is not None else [r_max] * len(retrieval)
+    return [min(cap, (top - r) / (c_max - c + 1e-10)) for top, r, c in zip(tops, retrieval, general)]

@@ -36,6 +36,7 @@ from .models import (
     kept_layers,
     load_teacher,
     one_layer_converted,
+    one_layer_nope,
     selection_scores,
     student_config,
 )
@@ -302,7 +303,7 @@ class _Run:
             batches = self.heldout_batches(cfg.loss_seq_len, cfg.loss_batches)
             base_r = self.ruler(self.teacher, cfg.tasks, [cfg.length], cfg.samples)["overall_average"]
             base_c = -heldout_loss(self.teacher, batches, self.rt)
-            retrieval, general = [], []
+            retrieval, general, nope = [], [], []
             from ..utils.progress import progress_bar
 
             with progress_bar("layer selection", n, enabled=self.rt.progress and self.rt.is_main) as advance:
@@ -311,14 +312,23 @@ class _Run:
                         retrieval.append(self.ruler(probe, cfg.tasks, [cfg.length], cfg.samples)["overall_average"])
                         general.append(-heldout_loss(probe, batches, self.rt))
                     self.students[i].float()
-                    advance(1, f"layer {i}: R {retrieval[-1]:.1f} C {general[-1]:.4f}")
-            scores = selection_scores(retrieval, general)
-            keep = kept_layers(scores, self.cfg.attn_ratio, self.cfg.recipe, [max(retrieval) - r for r in retrieval])
+                    text = f"layer {i}: R {retrieval[-1]:.1f} C {general[-1]:.4f}"
+                    if cfg.mode == "hype":
+                        with one_layer_nope(self.teacher, i) as probe:
+                            nope.append(self.ruler(probe, cfg.tasks, [cfg.length], cfg.samples)["overall_average"])
+                        text += f" N {nope[-1]:.1f}"
+                    advance(1, text)
+            kept_r = nope if cfg.mode == "hype" else None
+            scores = selection_scores(retrieval, general, kept_retrieval=kept_r)
+            tops = kept_r if kept_r is not None else [max(retrieval)] * n
+            keep = kept_layers(scores, self.cfg.attn_ratio, self.cfg.recipe, [t - r for t, r in zip(tops, retrieval)])
             selection = {
-                "keep": keep, "given": False, "retrieval": retrieval, "general": general, "scores": scores,
-                "teacher_retrieval": base_r, "teacher_general": base_c, "tasks": cfg.tasks, "length": cfg.length,
-                "samples": cfg.samples,
+                "keep": keep, "given": False, "mode": cfg.mode, "retrieval": retrieval, "general": general,
+                "scores": scores, "teacher_retrieval": base_r, "teacher_general": base_c, "tasks": cfg.tasks,
+                "length": cfg.length, "samples": cfg.samples,
             }  # fmt: skip
+            if kept_r is not None:
+                selection["nope_retrieval"] = nope
         self.state["selection"] = selection
         self._mark_done("select")
         return selection["keep"]

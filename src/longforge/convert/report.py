@@ -69,8 +69,8 @@ def plot_selection(report: dict) -> bytes | None:
     ax.bar(range(n), sel["scores"], color=colors)
     ax.set_xticks(range(n))
     ax.set_xlabel("layer (red: kept as attention)")
-    ax.set_ylabel("score = min(50, ΔR / ΔC)")
-    ax.set_title("HALO layer selection")
+    ax.set_ylabel("score = min(50, (N − R) / ΔC)" if sel.get("nope_retrieval") else "score = min(50, ΔR / ΔC)")
+    ax.set_title(f"layer selection ({sel.get('mode', 'halo')} mode)")
     ax.grid(alpha=0.3, axis="y")
     return _png(fig)
 
@@ -119,16 +119,20 @@ def markdown(report: dict) -> str:
         lines += ["", "RULER: not run in this report (report.samples = 0); `longforge eval` measures it."]
     sel = report.get("selection") or {}
     if "scores" in sel:
+        nope = sel.get("nope_retrieval")
         lines += [
             "",
-            f"Layer selection (R = RULER {', '.join(sel['tasks'])} at {sel['length']} with only that layer converted;"
-            f" C = −held-out loss; teacher R {sel['teacher_retrieval']:.1f}, C {sel['teacher_general']:.4f}):",
+            f"Layer selection, `{sel.get('mode', 'halo')}` mode (R = RULER {', '.join(sel['tasks'])} at {sel['length']}"
+            " with only that layer converted"
+            + ("; N = the same with only that layer's attention made NoPE; score = min(50, (N − R) / ΔC)" if nope else "")
+            + f"; C = −held-out loss; teacher R {sel['teacher_retrieval']:.1f}, C {sel['teacher_general']:.4f}):",
             "",
-            "| layer | R_i | C_i | score | kept |",
-            "|---|---|---|---|---|",
+            "| layer | R_i | " + ("N_i | " if nope else "") + "C_i | score | kept |",
+            "|---|---|" + ("---|" if nope else "") + "---|---|---|",
         ]
         for i, (rr, cc, sc) in enumerate(zip(sel["retrieval"], sel["general"], sel["scores"])):
-            lines.append(f"| {i} | {rr:.1f} | {cc:.4f} | {sc:.3g} | {'yes' if i in sel['keep'] else ''} |")
+            n_col = f"{nope[i]:.1f} | " if nope else ""
+            lines.append(f"| {i} | {rr:.1f} | {n_col}{cc:.4f} | {sc:.3g} | {'yes' if i in sel['keep'] else ''} |")
     hype = report.get("hype")
     if hype:
         lines += ["", f"HyPE sweep at {hype['length']} tokens ({', '.join(hype['tasks'])}):", "",
