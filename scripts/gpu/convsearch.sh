@@ -15,7 +15,9 @@ python3 -c "from longforge.data.corpus import prose_documents; print(len(prose_d
 COMMON="--config recipes/convert/tiny-sala.yaml --no-progress --stages 1,select,2,3"
 OVR="eval_batch_size=30 report.samples=0"   # key=value overrides go after every flag (argparse)
 # name | overrides (the recipe's budgets: 300K / 1.4M / 450K tokens, stage 2 at 512, stage 3 at 4K)
-VARIANTS=(
+# Round 1 (benchmarks/results/convert_search_h200_20261128.md) kept 0,1,5,7 / 0,X,5,7 and tried stage settings;
+# round 2 (SEARCH_ROUND=2, the default) explores around its best: keep 0,5,6,7 with stage-2 lr 2e-3.
+ROUND1=(
   "k0157|--keep-layers 0,1,5,7"
   "k0567|--keep-layers 0,5,6,7"
   "k0457|--keep-layers 0,4,5,7"
@@ -33,6 +35,26 @@ VARIANTS=(
   "k0567-s2lr2e3|--keep-layers 0,5,6,7 stage2.lr=2e-3"
   "k0567-s2long|--keep-layers 0,5,6,7 --tokens-per-stage 300K,1.75M,100K"
 )
+MIX="'mix={\"prose\":0.2,\"niah\":0.35,\"multikey\":0.25,\"kv\":0.05,\"vt\":0.1,\"facts\":0.05}'"
+ROUND2=(
+  "a-seed1|--keep-layers 0,5,6,7 --seed 1 stage2.lr=2e-3"
+  "a-lr3e3|--keep-layers 0,5,6,7 stage2.lr=3e-3"
+  "a-lr4e3|--keep-layers 0,5,6,7 stage2.lr=4e-3"
+  "a-mix|--keep-layers 0,5,6,7 stage2.lr=2e-3 $MIX"
+  "b-k0257|--keep-layers 0,2,5,7 stage2.lr=2e-3"
+  "b-k0257-mix|--keep-layers 0,2,5,7 stage2.lr=2e-3 $MIX"
+  "b-bs16|--keep-layers 0,5,6,7 stage2.lr=2e-3 stage2.batch_size=16"
+  "b-bs16-lr1e3|--keep-layers 0,5,6,7 stage2.lr=1e-3 stage2.batch_size=16"
+  "c-bs8|--keep-layers 0,5,6,7 stage2.lr=2e-3 stage2.batch_size=8"
+  "c-s1lr3e3|--keep-layers 0,5,6,7 stage2.lr=2e-3 stage1.lr=3e-3"
+  "c-k057|--keep-layers 0,5,7 stage2.lr=2e-3"
+  "c-s3short|--keep-layers 0,5,6,7 --tokens-per-stage 300K,1.75M,100K stage2.lr=2e-3"
+  "d-s1150k|--keep-layers 0,5,6,7 --tokens-per-stage 150K,1.55M,450K stage2.lr=2e-3"
+  "d-warm20|--keep-layers 0,5,6,7 stage2.lr=2e-3 stage2.warmup_steps=20"
+  "d-minlr1e4|--keep-layers 0,5,6,7 stage2.lr=2e-3 stage2.min_lr=1e-4"
+  "d-mix-bs16|--keep-layers 0,5,6,7 stage2.lr=2e-3 stage2.batch_size=16 $MIX"
+)
+if [ "${SEARCH_ROUND:-2}" = 1 ]; then VARIANTS=("${ROUND1[@]}"); else VARIANTS=("${ROUND2[@]}"); fi
 i=0
 for v in "${VARIANTS[@]}"; do
   name=${v%%|*}; args=${v#*|}; gpu=${GPUS[$(( i % ${#GPUS[@]} ))]}; i=$((i + 1))
@@ -41,7 +63,7 @@ for v in "${VARIANTS[@]}"; do
     CUDA_VISIBLE_DEVICES=$gpu timeout $left bash -c "python3 -m longforge.cli convert $COMMON --out $W/$name $args $OVR" \
       > $R/$name.log 2>&1; echo "convert rc=$?" >> $R/$name.log
     left=$(( DEADLINE - SECONDS )); [ $left -lt 20 ] && exit 0
-    CUDA_VISIBLE_DEVICES=$gpu timeout $left python3 scripts/gpu/convprobe.py $W/$name --out $R/$name.probe.json \
+    CUDA_VISIBLE_DEVICES=$gpu timeout $left python3 scripts/gpu/convprobe.py $W/$name ${PROBE_ARGS:---alphas 1000} --out $R/$name.probe.json \
       >> $R/$name.log 2>&1; echo "probe rc=$?" >> $R/$name.log
   ) &
   sleep 2
@@ -69,4 +91,4 @@ if [ -d "$W/$BEST/model" ]; then
   mkdir -p $OUT/shards $R/best_model; cp $W/$BEST/model/*.safetensors $OUT/shards/; cp $W/$BEST/model/*.json $R/best_model/
   echo "$BEST" > $R/best_model/NAME
 fi
-tar czf $OUT/results.tgz -C $R . && ls -la $OUT $OUT/shards 2>/dev/null
+tar czf $OUT/results.tgz -C $R . && rm -rf $R && ls -la $OUT $OUT/shards 2>/dev/null

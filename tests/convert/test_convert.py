@@ -79,6 +79,15 @@ def test_hype_selection_score_uses_nope_retrieval():
     drop = [n - r for n, r in zip(nope, retrieval)]
     assert kept_layers(halo, 0.5, "sala", [99.0 - r for r in retrieval]) == [0, 1, 5, 7]
     assert kept_layers(hype, 0.5, "sala", drop) == [0, 5, 6, 7]
+    # The H200 sweep of this teacher (benchmarks/results/convert_search_h200_20261128.md): layers 2, 4 and 6 score 0
+    # (N = R); the tie goes to the layer whose conversion costs the least general quality (the ΔR/ΔC limit).
+    retrieval = [64.7, 34.0, 99.3, 97.3, 99.3, 1.3, 99.3, 97.3]
+    nope = [0.7, 0.0, 99.3, 96.0, 99.3, 99.3, 99.3, 99.3]
+    general = [-7.048, -5.995, -5.577, -5.478, -5.488, -5.569, -5.416, -5.547]
+    scores = selection_scores(retrieval, general, kept_retrieval=nope)
+    gains = [n - r for n, r in zip(nope, retrieval)]
+    assert kept_layers(scores, 0.5, "sala", gains) == [0, 2, 5, 7]
+    assert kept_layers(scores, 0.5, "sala", gains, [max(general) - c for c in general]) == [0, 5, 6, 7]
     with pytest.raises(ValueError, match="one N per layer"):
         selection_scores([1.0, 2.0], [1.0, 2.0], kept_retrieval=[1.0])
 

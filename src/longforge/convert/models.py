@@ -199,17 +199,24 @@ def assemble_hybrid(
 
 
 def kept_layers(
-    scores: list[float], ratio: float, recipe: str, retrieval_drop: list[float] | None = None
+    scores: list[float],
+    ratio: float,
+    recipe: str,
+    retrieval_drop: list[float] | None = None,
+    general_drop: list[float] | None = None,
 ) -> list[int]:
     """The layers that stay attention: the top ``round(ratio · L)`` by score; ``sala`` keeps the first and last layers
-    in any case (MiniCPM-SALA, for training stability) and fills the rest by score. Ties — typically several layers at
-    the cap of 50 — go to the larger retrieval drop ``max R − R_i`` when given, then to the lower index."""
+    in any case (MiniCPM-SALA, for training stability) and fills the rest by score. Ties — several layers at the cap
+    of 50, or at 0 when converting them costs no retrieval — go to the larger retrieval drop (the score's numerator)
+    when given, then to the smaller general-quality drop ``max C − C_i`` (the limit of the score ΔR / ΔC as the equal
+    ΔR shrink), then to the lower index."""
     n = len(scores)
     count = max(1, round(ratio * n))
     forced = [0, n - 1] if recipe == "sala" and n > 1 else []
     count = max(count, len(forced))
     drop = retrieval_drop or [0.0] * n
-    order = sorted((i for i in range(n) if i not in forced), key=lambda i: (-scores[i], -drop[i], i))
+    cost = general_drop or [0.0] * n
+    order = sorted((i for i in range(n) if i not in forced), key=lambda i: (-scores[i], -drop[i], cost[i], i))
     return sorted(forced + order[: count - len(forced)])
 
 

@@ -321,7 +321,8 @@ class _Run:
             kept_r = nope if cfg.mode == "hype" else None
             scores = selection_scores(retrieval, general, kept_retrieval=kept_r)
             tops = kept_r if kept_r is not None else [max(retrieval)] * n
-            keep = kept_layers(scores, self.cfg.attn_ratio, self.cfg.recipe, [t - r for t, r in zip(tops, retrieval)])
+            gains = [t - r for t, r in zip(tops, retrieval)]
+            keep = kept_layers(scores, self.cfg.attn_ratio, self.cfg.recipe, gains, [max(general) - c for c in general])
             selection = {
                 "keep": keep, "given": False, "mode": cfg.mode, "retrieval": retrieval, "general": general,
                 "scores": scores, "teacher_retrieval": base_r, "teacher_general": base_c, "tasks": cfg.tasks,
