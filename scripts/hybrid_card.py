@@ -95,13 +95,18 @@ def card(run: Path, demo: dict | None, sweep: dict | None) -> str:
             lines.append(f"| {who} | " + " | ".join(f"{avg[str(n)]:.1f}" for n in lengths) + " |")
     sel = report.get("selection") or {}
     if sel.get("retrieval"):
-        lines += ["", f"Layer selection of this run (HALO score: RULER {', '.join(sel['tasks'])} at {sel['length']} "
-                  f"tokens with only layer i converted, {sel['samples']} samples per task; C = −held-out loss; "
-                  f"teacher R {sel['teacher_retrieval']:.1f}):", "",
+        nope = sel.get("nope_retrieval")
+        lines += ["", f"Layer selection of this run (`{sel.get('mode', 'halo')}` mode: RULER {', '.join(sel['tasks'])} "
+                  f"at {sel['length']} tokens, {sel['samples']} samples per task; R_i with only layer i converted to "
+                  "Lightning"
+                  + (", N_i with only layer i's attention made NoPE, score min(50, (N_i − R_i) / ΔC_i)" if nope else "")
+                  + f"; C = −held-out loss; teacher R {sel['teacher_retrieval']:.1f}):", "",
                   "| layer | " + " | ".join(str(i) for i in range(len(sel["scores"]))) + " |",
                   "|---|" + "---|" * len(sel["scores"]),
-                  "| R_i | " + " | ".join(f"{r:.1f}" for r in sel["retrieval"]) + " |",
-                  "| score | " + " | ".join(f"{s:.3g}" for s in sel["scores"]) + " |"]  # fmt: skip
+                  "| R_i | " + " | ".join(f"{r:.1f}" for r in sel["retrieval"]) + " |"]  # fmt: skip
+        if nope:
+            lines.append("| N_i | " + " | ".join(f"{r:.1f}" for r in nope) + " |")
+        lines.append("| score | " + " | ".join(f"{s:.3g}" for s in sel["scores"]) + " |")
     hype = report.get("hype") or {}
     if hype.get("sweep"):
         lines += ["", f"HyPE sweep at {hype['length']} tokens ({', '.join(hype['tasks'])}): "

@@ -44,6 +44,16 @@ def test_unset_picks_fast_only_on_cuda():
     assert resolve("attention", None, naive_impl, cpu) is naive_impl
 
 
+def test_cpu_impl_runs_off_cuda_unless_naive_is_forced(monkeypatch):
+    def cpu_impl():
+        pass
+
+    assert resolve("sparse_attention", fast_impl, naive_impl, "cpu", cpu_impl=cpu_impl) is cpu_impl
+    assert resolve("sparse_attention", fast_impl, naive_impl, "cuda", cpu_impl=cpu_impl) is fast_impl
+    monkeypatch.setenv("LONGFORGE_BACKEND_SPARSE_ATTENTION", "naive")
+    assert resolve("sparse_attention", fast_impl, naive_impl, "cpu", cpu_impl=cpu_impl) is naive_impl
+
+
 def test_naive_on_cuda_warns_once_per_op():
     with pytest.warns(UserWarning, match="LONGFORGE_BACKEND_ATTENTION=naive"):
         assert resolve("attention", None, naive_impl, "cuda") is naive_impl

@@ -273,3 +273,45 @@ def test_short_sequences_without_complete_windows():
     out = sparse_attention(q, k, v, dense_len=-1, **SMALL)
     torch.testing.assert_close(out, attention(q, k, v), atol=1e-6, rtol=1e-6)
     assert sparse_attention(q[:, :0], k, v, dense_len=-1, **SMALL).shape == (2, 0, 4, 8)
+
+
+@pytest.mark.parametrize("dense_len", [-1, 70, 8192])
+@pytest.mark.parametrize("chunk", [16, 128])
+def test_sdpa_path_matches_reference_forward_and_backward(monkeypatch, dense_len, chunk):
+    """The CPU default (the reference's selection, SDPA over each query chunk's union of blocks) against the fp32
+    reference, several chunks, dense switch inside the call, GQA, Dv != D, decode-style queries."""
+    from longforge.ops.sparse_attention import naive_sparse_attention, sdpa
+    from longforge.ops.sparse_attention.sdpa import sdpa_sparse_attention
+
+    monkeypatch.setattr(sdpa, "QUERY_CHUNK", chunk)
+    w = torch.randn(2, 150, 4, 36)
+    for Tq in (150, 9):
+        q, k, v = _qkv(2, Tq, 150, 4, 2, 60, 36, requires_grad=True)
+        out = sdpa_sparse_attention(q, k, v, dense_len=dense_len, **SMALL)
+        ref = naive_sparse_attention(q, k, v, dense_len=dense_len, **SMALL)
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+        grads = torch.autograd.grad((out * w[:, -Tq:]).sum(), (q, k, v))
+        refs = torch.autograd.grad((ref * w[:, -Tq:]).sum(), (q, k, v))
+        for g, r in zip(grads, refs):
+            torch.testing.assert_close(g, r, atol=2e-5, rtol=1e-4)
+    # bf16 in, bf16 out (computed in fp32 on the CPU, as the reference does)
+    q, k, v = (t.detach().to(torch.bfloat16) for t in _qkv(1, 150, 150, 4, 2, 60, 36))
+    out = sdpa_sparse_attention(q, k, v, dense_len=dense_len, **SMALL)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), naive_sparse_attention(q, k, v, dense_len=dense_len, **SMALL).float(),
+                               atol=2e-2, rtol=2e-2)  # fmt: skip
+
+
+def test_cpu_default_is_the_sdpa_path(monkeypatch):
+    from longforge.ops.sparse_attention import sdpa
+
+    calls = []
+    real = sdpa.sdpa_sparse_attention
+    monkeypatch.setattr("longforge.ops.sparse_attention.sdpa_sparse_attention",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))  # fmt: skip
+    q, k, v = _qkv(1, 40, 40, 2, 1, 8, 8)
+    sparse_attention(q, k, v, dense_len=-1, **SMALL)
+    assert calls == [1]
+    monkeypatch.setenv("LONGFORGE_BACKEND_SPARSE_ATTENTION", "naive")
+    sparse_attention(q, k, v, dense_len=-1, **SMALL)
+    assert calls == [1]

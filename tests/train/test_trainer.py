@@ -187,6 +187,16 @@ def test_bad_recipes_name_the_problem(tmp_path, tokenizer_dir):
         Trainer(cfg)
 
 
+def test_float_fields_take_yaml_11_exponents(tmp_path):
+    # YAML 1.1 reads "3e-4" (no dot in the mantissa) as a string; a float field takes it as the number it spells.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  lr: 3e-4\n")
+    assert load_recipe(TrainConfig, recipe).optim.lr == 3e-4
+    assert load_recipe(TrainConfig, None, ["optim.lr=2e-3"]).optim.lr == 2e-3
+    with pytest.raises(ValueError, match="optim.lr: expected a number, got 'fast'"):
+        load_recipe(TrainConfig, None, ["optim.lr=fast"])
+
+
 def test_every_shipped_recipe_validates():
     root = Path(__file__).resolve().parents[2] / "recipes"
     recipes = sorted((root / "train").glob("*.yaml"))

@@ -37,6 +37,7 @@ def resolve(
     fast_impl: Callable | None,
     naive_impl: Callable,
     device: torch.device | str,
+    cpu_impl: Callable | None = None,
 ) -> Callable:
     """Pick the implementation of ``op`` for tensors on ``device``.
 
@@ -45,6 +46,8 @@ def resolve(
         fast_impl: the fast implementation (same signature as ``naive_impl``) or ``None`` if there is none.
         naive_impl: the PyTorch reference.
         device: device of the op's query tensor.
+        cpu_impl: what runs off CUDA when no backend is forced (pure PyTorch, tested against the reference);
+            ``None`` = the reference. ``LONGFORGE_BACKEND_<OP>=naive`` still forces the reference everywhere.
 
     Returns:
         The callable to run.
@@ -70,6 +73,8 @@ def resolve(
         )
 
     device = torch.device(device)
+    if device.type != "cuda" and cpu_impl is not None:
+        return cpu_impl
     if device.type == "cuda":
         if fast_impl is not None:
             return fast_impl

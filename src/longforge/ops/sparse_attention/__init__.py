@@ -1,7 +1,8 @@
 """InfLLM-V2 trainable sparse attention (arXiv 2509.24663): dense/sparse switchable, no extra parameters.
 
-``sparse_attention`` is the seam (fast path on CUDA when one exists, else ``naive_sparse_attention``; force
-with ``LONGFORGE_BACKEND_SPARSE_ATTENTION=naive|fast``). ``compress_keys`` (incremental with ``start=``),
+``sparse_attention`` is the seam: the Triton fast path on CUDA, ``sdpa_sparse_attention`` (the reference's selection,
+SDPA over the selected blocks) elsewhere; ``LONGFORGE_BACKEND_SPARSE_ATTENTION=naive`` forces the fp32 reference
+``naive_sparse_attention``, ``=fast`` the Triton path. ``compress_keys`` (incremental with ``start=``),
 ``select_blocks`` and ``selected_blocks`` expose the selection for caches, tests and analysis.
 """
 
@@ -12,6 +13,7 @@ from torch import Tensor
 from .._backend import resolve
 from .fast import fast_sparse_attention
 from .naive import compress_keys, naive_sparse_attention, num_compressed, select_blocks, selected_blocks
+from .sdpa import sdpa_sparse_attention
 
 # Fast implementation with naive_sparse_attention's signature (GPU selection + Triton kernel, see fast.py;
 # triton is imported lazily, at the first sparse call on CUDA).
@@ -46,7 +48,8 @@ def sparse_attention(
     Returns:
         ``o [B, Tq, H, Dv]`` in q's dtype.
     """
-    impl = resolve("sparse_attention", _FAST, naive_sparse_attention, q.device if isinstance(q, Tensor) else "cpu")
+    device = q.device if isinstance(q, Tensor) else "cpu"
+    impl = resolve("sparse_attention", _FAST, naive_sparse_attention, device, cpu_impl=sdpa_sparse_attention)
     return impl(
         q, k, v, compressed_k=compressed_k, block_size=block_size, kernel_size=kernel_size,
         kernel_stride=kernel_stride, topk=topk, init_blocks=init_blocks, window_size=window_size,
@@ -57,6 +60,7 @@ def sparse_attention(
 __all__ = [
     "compress_keys",
     "naive_sparse_attention",
+    "sdpa_sparse_attention",
     "num_compressed",
     "select_blocks",
     "selected_blocks",

@@ -287,6 +287,28 @@ def selected_blocks(
         return _effective_blocks(q, kc, pos, math.ceil(Tk / block_size), dense_len, **selection)
 
 
+def sparse_setup(
+    q, k, v, compressed_k, block_size, kernel_size, kernel_stride, topk, init_blocks, window_size, dense_len, scale
+):
+    """Checks and the shared preamble of the sparse attention implementations: ``(scale, all_dense, kc,
+    selection)``. ``all_dense``: every query is in dense mode (the last one, t = Tk − 1, is, so all are); ``kc``: the
+    compressed keys (fp32, detached), None when all queries are dense and none were given; ``selection``: the keyword
+    arguments of ``select_blocks``."""
+    _check_selection_args(block_size, kernel_size, kernel_stride, topk, init_blocks, window_size)
+    _check_sparse_inputs(q, k, v, compressed_k, dense_len, kernel_size, kernel_stride)
+    scale = resolve_scale(scale, q.shape[-1])
+    all_dense = dense_len > 0 and k.shape[1] < dense_len
+    if compressed_k is not None:
+        kc = compressed_k.detach().float()
+    elif all_dense:
+        kc = None
+    else:
+        kc = compress_keys(k.detach(), kernel_size, kernel_stride)
+    selection = dict(block_size=block_size, kernel_size=kernel_size, kernel_stride=kernel_stride, topk=topk,
+                     init_blocks=init_blocks, window_size=window_size, scale=scale)  # fmt: skip
+    return scale, all_dense, kc, selection
+
+
 def naive_sparse_attention(
     q: Tensor,
     k: Tensor,
@@ -322,21 +344,12 @@ def naive_sparse_attention(
         ``o [B, Tq, H, Dv]`` in q's dtype. Gradients reach q, k, v through the attention only (the selection
         is discrete; compressed keys are not trained through it).
     """
-    _check_selection_args(block_size, kernel_size, kernel_stride, topk, init_blocks, window_size)
-    _check_sparse_inputs(q, k, v, compressed_k, dense_len, kernel_size, kernel_stride)
+    scale, all_dense, kc, selection = sparse_setup(
+        q, k, v, compressed_k, block_size, kernel_size, kernel_stride, topk, init_blocks, window_size, dense_len, scale
+    )
     B, Tq, H, D = q.shape
     Tk = k.shape[1]
-    scale = resolve_scale(scale, D)
     num_blocks = math.ceil(Tk / block_size)
-    all_dense = dense_len > 0 and Tk < dense_len  # the last query (t = Tk - 1) is dense, so all are
-    if compressed_k is not None:
-        kc = compressed_k.detach().float()
-    elif all_dense:
-        kc = None
-    else:
-        kc = compress_keys(k.detach(), kernel_size, kernel_stride)
-    selection = dict(block_size=block_size, kernel_size=kernel_size, kernel_stride=kernel_stride, topk=topk,
-                     init_blocks=init_blocks, window_size=window_size, scale=scale)
 
     kf, vf = k.float(), v.float()
     key_pos = torch.arange(Tk, device=q.device)
