@@ -1,8 +1,8 @@
 """Softmax attention (full causal, sliding window, bidirectional) with GQA and key padding.
 
-``attention`` is the seam: it runs the fast path for the query's device when one exists (see
-``longforge.ops._backend``; override with ``LONGFORGE_BACKEND_ATTENTION=naive|fast``), else the reference
-``naive_attention``. Shapes and semantics: ``naive.py`` and ``README.md``.
+``attention`` is the seam: ``fast_attention`` (PyTorch SDPA / FlexAttention; on the CPU SDPA, or SDPA over query
+chunks with a small explicit mask for windows and padding) on every device; ``LONGFORGE_BACKEND_ATTENTION=naive``
+forces the fp32 reference ``naive_attention`` (see ``longforge.ops._backend``). Shapes and semantics: ``naive.py`` and ``README.md``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def attention(
         ``o [B, Tq, H, Dv]`` in q's dtype; queries with no visible key are zeros.
     """
     # A non-tensor q falls through to the reference, whose validation names the problem.
-    impl = resolve("attention", _FAST, naive_attention, q.device if isinstance(q, Tensor) else "cpu")
+    device = q.device if isinstance(q, Tensor) else "cpu"
+    impl = resolve("attention", _FAST, naive_attention, device, cpu_impl=_FAST)
     return impl(q, k, v, scale=scale, causal=causal, window=window, key_padding_mask=key_padding_mask)
 
 
