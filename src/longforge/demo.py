@@ -110,6 +110,26 @@ def _markdown(results: dict, lengths: list[int], tasks: list[str], samples: int,
     return "\n".join(lines) + "\n"
 
 
+def tiny_recipe(out_dir: Path):
+    """The conversion recipe of the embedded hybrid, writing to ``out_dir``: ``recipes/convert/tiny-sala.yaml`` from
+    a source checkout, else (an installed wheel has no ``recipes/``) the resolved config stored in the hybrid's own
+    ``conversion_report.json`` — never the bare defaults, which would convert a different hybrid."""
+    import json
+
+    from .assets import ASSETS_DIR
+    from .convert import ConvertConfig
+    from .recipes import from_dict, load_recipe
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "convert" / "tiny-sala.yaml"
+    if recipe.is_file():
+        return load_recipe(ConvertConfig, recipe, [f"out_dir={out_dir}"])
+    report = ASSETS_DIR / "tiny-hybrid" / "conversion_report.json"
+    cfg = from_dict(ConvertConfig, json.loads(report.read_text())["config"])
+    cfg.out_dir = str(out_dir)
+    cfg.validate()
+    return cfg
+
+
 def run_demo(
     out: str = "runs/demo",
     lengths: list[int] | None = None,
@@ -135,12 +155,9 @@ def run_demo(
     out_dir = Path(out)
     models = {"tiny-teacher": "tiny-teacher", "tiny-hybrid": "tiny-hybrid"}
     if convert:
-        from .convert import ConvertConfig
         from .convert import convert as run_convert
-        from .recipes import load_recipe
 
-        recipe = Path(__file__).resolve().parents[2] / "recipes" / "convert" / "tiny-sala.yaml"
-        cfg = load_recipe(ConvertConfig, recipe if recipe.is_file() else None, [f"out_dir={out_dir / 'convert'}"])
+        cfg = tiny_recipe(out_dir / "convert")
         run_convert(cfg, progress=progress)
         models["fresh hybrid"] = str(out_dir / "convert" / "model")
     results = {}

@@ -87,6 +87,25 @@ def test_demo_runs(tmp_path):
         assert (out / name).is_file()
 
 
+def test_demo_convert_recipe_without_a_source_checkout(tmp_path, monkeypatch):
+    """`demo --convert` reruns the embedded hybrid's recipe: from recipes/ in a checkout, else from the config stored
+    in the hybrid's conversion report (an installed wheel has no recipes/), never the bare defaults."""
+    from pathlib import Path
+
+    from longforge import demo
+
+    from_file = demo.tiny_recipe(tmp_path / "a")
+    real_is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: self.name != "tiny-sala.yaml" and real_is_file(self))
+    from_card = demo.tiny_recipe(tmp_path / "b")
+    assert from_file.out_dir == str(tmp_path / "a") and from_card.out_dir == str(tmp_path / "b")
+    for cfg in (from_file, from_card):
+        assert cfg.recipe == "sala" and cfg.attn_ratio == 0.5 and cfg.select.mode == "hype"
+    for stage in ("stage1", "stage2", "stage3"):
+        assert getattr(from_file, stage) == getattr(from_card, stage)
+    assert from_file.mix == from_card.mix
+
+
 def test_import_verb(tmp_path):
     torch.manual_seed(0)
     src = Qwen3ForCausalLM(
