@@ -40,11 +40,7 @@ def main() -> None:
     tasks = args.tasks.split(",")
     for alpha in args.alphas.split(","):
         value = None if alpha == "none" else f"hype {alpha}"
-        model.config.attn_logit_scaling = value
-        for layer in model.model.layers:
-            if hasattr(layer.mixer, "logit_scaling"):
-                uses = model.config.layer_uses_logit_scaling(layer.mixer.layer_idx)
-                layer.mixer.logit_scaling = model.config.logit_scaling if uses else None
+        model.set_attn_logit_scaling(value)
         for length in [int(x) for x in args.lengths.split(",")]:
             t0 = time.time()
             r = evaluate(model, tok, tasks, [length], args.samples, args.batch_size, seed=0)

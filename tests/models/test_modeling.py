@@ -175,6 +175,21 @@ def test_hype_scaling_only_at_inference_unless_asked():
         assert not torch.allclose(trained(ids).logits, plain(ids).logits)
 
 
+def test_set_attn_logit_scaling_in_place_equals_a_fresh_model():
+    ids = torch.randint(0, 97, (1, 64))
+    model = make_model(attn_logit_scaling=None)
+    model.set_attn_logit_scaling("hype 500")
+    assert model.config.attn_logit_scaling == "hype 500"
+    torch.testing.assert_close(logits_of(model, ids), logits_of(make_model(attn_logit_scaling="hype 500"), ids),
+                               atol=0, rtol=0)  # fmt: skip
+    model.set_attn_logit_scaling(None)
+    torch.testing.assert_close(logits_of(model, ids), logits_of(make_model(attn_logit_scaling=None), ids),
+                               atol=0, rtol=0)  # fmt: skip
+    with pytest.raises(ValueError, match="attn_logit_scaling"):
+        model.set_attn_logit_scaling("yarn")
+    assert model.config.attn_logit_scaling is None  # a bad value changes nothing
+
+
 def test_cache_memory_matches_the_config_prediction():
     model = make_model()
     cache = HybridCache(model.config)

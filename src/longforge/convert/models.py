@@ -232,8 +232,13 @@ def selection_scores(
     (a previous-token head): as NoPE attention it would lose that job, while its RoPE Lightning student keeps part."""
     if len(retrieval) != len(general) or not retrieval:
         raise ValueError(f"need one R and one C per layer, got {len(retrieval)} and {len(general)}")
+    c_max = max(general)
+    return [min(cap, g / (c_max - c + 1e-10)) for g, c in zip(retrieval_gains(retrieval, kept_retrieval), general)]
+
+
+def retrieval_gains(retrieval: list[float], kept_retrieval: list[float] | None = None) -> list[float]:
+    """The selection score's numerator per layer: ``max R − R_i`` (HALO), or ``N_i − R_i`` given ``kept_retrieval``."""
     if kept_retrieval is not None and len(kept_retrieval) != len(retrieval):
         raise ValueError(f"need one N per layer, got {len(kept_retrieval)} for {len(retrieval)} layers")
-    r_max, c_max = max(retrieval), max(general)
-    tops = kept_retrieval if kept_retrieval is not None else [r_max] * len(retrieval)
-    return [min(cap, (top - r) / (c_max - c + 1e-10)) for top, r, c in zip(tops, retrieval, general)]
+    tops = kept_retrieval if kept_retrieval is not None else [max(retrieval)] * len(retrieval)
+    return [top - r for top, r in zip(tops, retrieval)]

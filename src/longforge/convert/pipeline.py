@@ -37,6 +37,7 @@ from .models import (
     load_teacher,
     one_layer_converted,
     one_layer_nope,
+    retrieval_gains,
     selection_scores,
     student_config,
 )
@@ -320,8 +321,7 @@ class _Run:
                     advance(1, text)
             kept_r = nope if cfg.mode == "hype" else None
             scores = selection_scores(retrieval, general, kept_retrieval=kept_r)
-            tops = kept_r if kept_r is not None else [max(retrieval)] * n
-            gains = [t - r for t, r in zip(tops, retrieval)]
+            gains = retrieval_gains(retrieval, kept_r)
             keep = kept_layers(scores, self.cfg.attn_ratio, self.cfg.recipe, gains, [max(general) - c for c in general])
             selection = {
                 "keep": keep, "given": False, "mode": cfg.mode, "retrieval": retrieval, "general": general,
@@ -446,7 +446,7 @@ class _Run:
 
     def hype(self) -> None:
         if self.done("hype"):
-            self._apply_scaling(self.current_hybrid(), self.state["hype"]["chosen"])
+            self.current_hybrid().set_attn_logit_scaling(self.state["hype"]["chosen"])
             return
         cfg = self.cfg.hype
         model = self.current_hybrid().eval()
@@ -454,23 +454,14 @@ class _Run:
         candidates = ([None] if cfg.include_none else []) + [f"hype {a:g}" for a in cfg.alphas]
         results = []
         for value in candidates:
-            self._apply_scaling(model, value)
+            model.set_attn_logit_scaling(value)
             score = self.ruler(model, cfg.tasks, [length], cfg.samples)["overall_average"]
             results.append({"attn_logit_scaling": value, "score": score})
         best = max(results, key=lambda r: (r["score"], r["attn_logit_scaling"] is not None))
-        self._apply_scaling(model, best["attn_logit_scaling"])
+        model.set_attn_logit_scaling(best["attn_logit_scaling"])
         self.state["hype"] = {"length": length, "tasks": cfg.tasks, "samples": cfg.samples, "sweep": results,
                               "chosen": best["attn_logit_scaling"]}  # fmt: skip
         self._mark_done("hype")
-
-    @staticmethod
-    def _apply_scaling(model, value) -> None:
-        model.config.attn_logit_scaling = value
-        for layer in model.model.layers:
-            mixer = layer.mixer
-            if hasattr(mixer, "logit_scaling"):
-                uses = model.config.layer_uses_logit_scaling(mixer.layer_idx)
-                mixer.logit_scaling = model.config.logit_scaling if uses else None
 
     # ------------------------------------------------------------------------------------------------ final
 

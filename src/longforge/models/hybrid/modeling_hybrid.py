@@ -22,7 +22,7 @@ from ...layers.lightning import LightningAttention
 from ...modules import RMSNorm, RotaryEmbedding
 from ...utils import atomic_directory, check_checkpoint_dir
 from .cache import HybridCache
-from .configuration_hybrid import HybridConfig
+from .configuration_hybrid import HybridConfig, parse_logit_scaling
 
 # transformers renamed the cache field of its outputs from `past_key_values` to `cache` during 5.x; `generate`
 # reads whichever name its own output classes use, so we fill that one.
@@ -204,6 +204,16 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value):
         self.lm_head = value
+
+    def set_attn_logit_scaling(self, value: str | float | None) -> None:
+        """Set ``config.attn_logit_scaling`` (e.g. ``"hype 500"``, a float, or None) and the attention layers that
+        cache it, so a model can be re-scaled in place (the HyPE sweep) and saves what it computes."""
+        parsed = parse_logit_scaling(value)  # raises on a bad value before anything changes
+        self.config.attn_logit_scaling = value
+        for layer in self.model.layers:
+            if hasattr(layer.mixer, "logit_scaling"):
+                uses = self.config.layer_uses_logit_scaling(layer.mixer.layer_idx)
+                layer.mixer.logit_scaling = parsed if uses else None
 
     def forward(
         self,

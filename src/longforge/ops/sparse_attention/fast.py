@@ -41,6 +41,7 @@ from .naive import (
     _check_selection_args,
     _check_sparse_inputs,
     compress_keys,
+    dense_prefix,
     naive_sparse_attention,
 )
 
@@ -491,7 +492,7 @@ def fast_sparse_attention(
     scale = resolve_scale(scale, D)
     offset = Tk - Tq
     # Step 1: queries i < n_dense (t + 1 < dense_len) are dense.
-    n_dense = min(Tq, max(0, dense_len - 1 - offset)) if dense_len > 0 else 0
+    n_dense = dense_prefix(Tq, Tk, dense_len)
     outs = []
     if n_dense:
         from ..attention import attention  # the seam: SDPA on CUDA

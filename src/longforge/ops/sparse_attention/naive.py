@@ -287,6 +287,13 @@ def selected_blocks(
         return _effective_blocks(q, kc, pos, math.ceil(Tk / block_size), dense_len, **selection)
 
 
+def dense_prefix(num_queries: int, num_keys: int, dense_len: int) -> int:
+    """How many leading queries are in dense mode (query i sits at t = Tk − Tq + i; dense iff t + 1 < dense_len)."""
+    if dense_len <= 0:
+        return 0
+    return min(num_queries, max(0, dense_len - 1 - (num_keys - num_queries)))
+
+
 def sparse_setup(
     q, k, v, compressed_k, block_size, kernel_size, kernel_stride, topk, init_blocks, window_size, dense_len, scale
 ):
