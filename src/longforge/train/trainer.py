@@ -12,6 +12,7 @@ count as they should.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..recipes import dump_json, dump_yaml, to_dict
-from ..utils.io import atomic_directory, atomic_write_text
+from ..utils.io import atomic_directory, atomic_write_bytes, atomic_write_text
 from .config import TrainConfig
 from .moe import activation_counts, controller_for, penalty_loss
 
@@ -407,8 +408,11 @@ class Trainer:
                     for rank_file in old.parent.glob(f".rank*_{old.name}.pt"):
                         rank_file.unlink()
         if self.dist.world_size > 1:
-            # each rank's data position goes beside the main state
-            torch.save(rank_state, self.out_dir / "checkpoints" / f".rank{self.dist.rank}_{name}.pt")
+            # each rank's data position goes beside the main state; every rank may get here before rank 0 has made
+            # checkpoints/, so the write makes it, and it is atomic like the rest of the checkpoint
+            buffer = io.BytesIO()
+            torch.save(rank_state, buffer)
+            atomic_write_bytes(self.out_dir / "checkpoints" / f".rank{self.dist.rank}_{name}.pt", buffer.getvalue())
             self.dist.barrier()
         return path
 
